@@ -1,0 +1,231 @@
+"""Chip configuration: frozen, hashable dataclasses (static under ``jit``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pcmjax.periphery.adc import ADCConfig
+from pcmjax.periphery.ldpu import ACTIVATIONS
+from pcmjax.periphery.pwm import PWMConfig
+
+PROGRAM_METHODS = ("one_shot", "verify")
+W_MAX_MODES = ("tile", "column")
+COMPENSATION_MODES = ("none", "global", "column")
+
+# Every non-ideality, and the fields that switch it off (field path -> "off" value).
+NONIDEALITIES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "programming_noise": (("programming_noise", False),),
+    "drift": (("drift", False),),
+    "drift_noise": (("drift_noise", False),),
+    "read_noise": (("read_noise", False),),
+    "pwm": (("pwm.enabled", False),),
+    "adc_quantization": (("adc.enabled", False),),
+    "adc_gain": (("adc.gain_std", 0.0), ("adc.cal_gain_error", 0.0)),
+    "adc_offset": (("adc.offset_std", 0.0), ("adc.cal_offset_error", 0.0)),
+    "adc_nonlinearity": (("adc.nonlinearity", 0.0), ("adc.nonlinearity_std", 0.0)),
+    "adc_noise": (("adc.noise_std", 0.0),),
+    "polarity_asymmetry": (("polarity_asymmetry", 0.0),),
+}
+
+
+def _check_int(name, v, lo, hi=None):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        raise ValueError(f"{name} must be an integer {rng}, got {v!r}.")
+
+
+def _check_float(name, v, lo=0.0, hi=float("inf"), lo_open=False):
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v < float("inf")
+    ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>' if lo_open else '>='} {lo}"
+                         f"{'' if hi == float('inf') else f' and <= {hi}'}, got {v!r}.")
+
+
+def _check_choice(name, v, choices):
+    if v not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {v!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramConfig:
+    """Programming algorithm (PHYSICS.md §3).
+
+    Attributes:
+      method: ``"one_shot"`` (the device model's programming noise) or ``"verify"``
+        (iterative program-and-verify, vectorised with masked updates).
+      iterations: verify iterations (HERMES: 30).
+      tolerance: stop when the verify read is within this fraction of ``g_max`` of the
+        target.
+      step: mean fraction of the read error a corrective pulse removes.
+      step_noise: relative standard deviation of a pulse's conductance response.
+      verify_read_noise: standard deviation of a verify read, fraction of ``g_max``.
+      set_spread: relative device-to-device spread of the SET conductance (two-device
+        strategy).
+    """
+
+    method: str = "one_shot"
+    iterations: int = 30
+    tolerance: float = 0.02
+    step: float = 0.7
+    step_noise: float = 0.3
+    verify_read_noise: float = 0.005
+    set_spread: float = 0.1
+
+    def __post_init__(self):
+        _check_choice("program.method", self.method, PROGRAM_METHODS)
+        _check_int("program.iterations", self.iterations, 1, 1000)
+        _check_float("program.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
+        _check_float("program.step", self.step, 0.0, 2.0, lo_open=True)
+        _check_float("program.step_noise", self.step_noise, 0.0, 2.0)
+        _check_float("program.verify_read_noise", self.verify_read_noise, 0.0, 1.0)
+        _check_float("program.set_spread", self.set_spread, 0.0, 0.5)
+
+
+@dataclasses.dataclass(frozen=True)
+class ChipConfig:
+    """A HERMES-class chip: geometry, mapping, programming, periphery and compensation.
+
+    Defaults are the HERMES chip (64 cores of 256×256, 8-bit PWM, CCO ADC, one-phase
+    reads, global drift compensation). Every non-ideality can be switched off alone with
+    :meth:`without`; :meth:`ideal` switches all of them off, so ``mvm == x @ W``.
+
+    Attributes:
+      n_cores, rows, cols: core count and crossbar size.
+      w_max: ``"tile"`` (one scale per core) or ``"column"`` (one per column).
+      w_clip_sigma: if set, ``w_max = min(abs-max, k·std)`` of the tile/column.
+      programming_noise: apply programming error (one-shot noise or verify residual).
+      program: :class:`ProgramConfig`.
+      drift: conductance drift.
+      drift_noise: accumulated 1/f noise of the conductance state.
+      read_noise: fresh per-read noise in every MVM (PHYSICS.md §2.4).
+      read_interval_s: time between consecutive reads that sets the per-read 1/f band.
+      pwm: :class:`PWMConfig`.
+      adc: :class:`ADCConfig`.
+      read_phases: 1 (one-phase) or 4 (four-phase) read mode (§4.2b).
+      polarity_asymmetry: relative gain difference of positive and negative input
+        paths in one-phase mode (positive inputs ×(1+α), negative ×(1−α)).
+      activation: activation applied by the digital unit.
+      drift_compensation: ``"none"``, ``"global"`` (one ratio per core) or
+        ``"column"`` (one per column), PHYSICS.md §5.
+      gdc_input: amplitude of the all-equal reference input read for drift
+        compensation, as a fraction of the ADC's full scale.
+    """
+
+    n_cores: int = 64
+    rows: int = 256
+    cols: int = 256
+    w_max: str = "tile"
+    w_clip_sigma: float | None = None
+    programming_noise: bool = True
+    program: ProgramConfig = ProgramConfig()
+    drift: bool = True
+    drift_noise: bool = True
+    read_noise: bool = True
+    read_interval_s: float = 1e-6
+    pwm: PWMConfig = PWMConfig()
+    adc: ADCConfig = ADCConfig()
+    read_phases: int = 1
+    polarity_asymmetry: float = 0.01
+    activation: str = "identity"
+    drift_compensation: str = "global"
+    gdc_input: float = 0.5
+
+    def __post_init__(self):
+        _check_int("n_cores", self.n_cores, 1, 4096)
+        _check_int("rows", self.rows, 1, 4096)
+        _check_int("cols", self.cols, 1, 4096)
+        _check_choice("w_max", self.w_max, W_MAX_MODES)
+        if self.w_clip_sigma is not None:
+            _check_float("w_clip_sigma", self.w_clip_sigma, 0.0, lo_open=True)
+        for name in ("programming_noise", "drift", "drift_noise", "read_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}.")
+        for name, cls in (("program", ProgramConfig), ("pwm", PWMConfig), ("adc", ADCConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}.")
+        _check_float("read_interval_s", self.read_interval_s, 0.0, lo_open=True)
+        if self.read_phases not in (1, 4) or isinstance(self.read_phases, bool):
+            raise ValueError(f"read_phases must be 1 or 4, got {self.read_phases!r}.")
+        _check_float("polarity_asymmetry", self.polarity_asymmetry, 0.0, 0.5)
+        _check_choice("activation", self.activation, tuple(sorted(ACTIVATIONS)))
+        _check_choice("drift_compensation", self.drift_compensation, COMPENSATION_MODES)
+        _check_float("gdc_input", self.gdc_input, 0.0, 1.0, lo_open=True)
+
+    # ------------------------------------------------------------------------------
+    @classmethod
+    def ideal(cls, **overrides) -> "ChipConfig":
+        """Every non-ideality off and no compensation: ``mvm(x) == x @ W``."""
+        return cls(**overrides).without(*NONIDEALITIES).replace(drift_compensation="none")
+
+    def replace(self, **changes) -> "ChipConfig":
+        """A copy with top-level fields changed (unknown names raise ``TypeError``)."""
+        return _replace(self, changes, "ChipConfig")
+
+    def without(self, *names: str) -> "ChipConfig":
+        """A copy with the named non-idealities switched off (see ``NONIDEALITIES``)."""
+        cfg = self
+        for name in names:
+            if name not in NONIDEALITIES:
+                raise ValueError(f"unknown non-ideality {name!r}; allowed: {sorted(NONIDEALITIES)}.")
+            for path, off in NONIDEALITIES[name]:
+                cfg = cfg.set(path, off)
+        return cfg
+
+    def only(self, *names: str) -> "ChipConfig":
+        """A copy with every non-ideality off except ``names`` (kept at this config's values);
+        drift compensation is kept as configured."""
+        unknown = [n for n in names if n not in NONIDEALITIES]
+        if unknown:
+            raise ValueError(f"unknown non-ideality {unknown}; allowed: {sorted(NONIDEALITIES)}.")
+        return self.without(*(n for n in NONIDEALITIES if n not in names))
+
+    def set(self, path: str, value) -> "ChipConfig":
+        """A copy with one (possibly nested, ``"adc.bits"``) field changed."""
+        head, _, rest = path.partition(".")
+        if not rest:
+            return self.replace(**{head: value})
+        sub = getattr(self, head, None)
+        if not dataclasses.is_dataclass(sub):
+            raise ValueError(f"unknown option {path!r}; nested sections are 'program', 'pwm', 'adc'.")
+        return self.replace(**{head: _replace(sub, {rest: value}, head)})
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ChipConfig":
+        """Build from a (possibly nested) mapping, e.g. parsed TOML; unknown keys are errors."""
+        return cls().update(d)
+
+    def update(self, d: dict, prefix: str = "") -> "ChipConfig":
+        """A copy with the (possibly nested) entries of ``d`` applied."""
+        if not isinstance(d, dict):
+            raise TypeError(f"chip options must be a mapping, got {type(d).__name__}.")
+        cfg = self
+        for key, value in d.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict):
+                sub = getattr(cfg, key, None)
+                if not dataclasses.is_dataclass(sub):
+                    raise ValueError(f"unknown chip option section {path!r}; sections: 'program', 'pwm', 'adc'.")
+                for k2, v2 in value.items():
+                    cfg = cfg.set(f"{key}.{k2}", v2)
+            else:
+                cfg = cfg.set(path, value)
+        return cfg
+
+    def to_dict(self) -> dict:
+        """A nested, JSON-ready dict of every field."""
+        return dataclasses.asdict(self)
+
+    @property
+    def capacity(self) -> int:
+        """Weights the chip holds: ``n_cores · rows · cols``."""
+        return self.n_cores * self.rows * self.cols
+
+
+def _replace(obj, changes: dict, name: str):
+    fields = {f.name for f in dataclasses.fields(obj)}
+    unknown = sorted(set(changes) - fields)
+    if unknown:
+        raise TypeError(f"{name} has no option(s) {unknown}; allowed: {sorted(fields)}.")
+    return dataclasses.replace(obj, **changes)
