@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 G_R_MIN = 1e-7  # PHYSICS.md §2: floor of the normalised conductance inside logs and powers
 
@@ -68,12 +69,12 @@ def check_time(t, name="t"):
     """Raise a clear error for negative or non-finite concrete times (seconds)."""
     if isinstance(t, jax.core.Tracer):
         return
-    arr = jnp.asarray(t)
-    if not jnp.issubdtype(arr.dtype, jnp.number) or jnp.issubdtype(arr.dtype, jnp.complexfloating):
-        raise TypeError(f"{name} must be a real number of seconds, got dtype {arr.dtype}.")
-    if not bool(jnp.all(jnp.isfinite(arr))):
+    arr = np.asarray(t)
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+        raise TypeError(f"{name} must be a real number of seconds, got {t!r}.")
+    if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite seconds after programming, got {t!r}.")
-    if bool(jnp.any(arr < 0)):
+    if np.any(arr < 0):
         raise ValueError(f"{name} must be >= 0 seconds after programming, got {t!r}.")
 
 
@@ -253,11 +254,11 @@ def as_param(value, name, shape=None):
     if isinstance(value, jax.core.Tracer) or value is None or type(value) is object:
         return value
     try:
-        arr = jnp.asarray(value, jnp.float32)
-    except TypeError as e:
+        arr = np.asarray(value, np.float32)
+    except (TypeError, ValueError) as e:
         raise TypeError(f"{name} must be a float or float array, got {value!r}.") from e
     if shape is not None and arr.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}.")
-    if not bool(jnp.all(jnp.isfinite(arr))):
+    if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {value!r}.")
-    return arr
+    return jnp.asarray(arr)

@@ -244,14 +244,14 @@ def _check_names(name, params, obj):
 def _check_positive(name, obj, fields):
     for f in fields:
         v = getattr(obj, f)
-        if _is_concrete(v) and not bool(jnp.all(jnp.asarray(v) > 0)):
+        if _is_concrete(v) and not np.all(np.asarray(v) > 0):
             raise ValueError(f"{name}: {f} must be > 0, got {np.asarray(v)!r}.")
 
 
 def _check_nonnegative(name, obj, fields):
     for f in fields:
         v = getattr(obj, f)
-        if _is_concrete(v) and not bool(jnp.all(jnp.asarray(v) >= 0)):
+        if _is_concrete(v) and not np.all(np.asarray(v) >= 0):
             raise ValueError(f"{name}: {f} must be >= 0, got {np.asarray(v)!r}.")
 
 
