@@ -1,0 +1,81 @@
+"""Full-chip MVM throughput against a plain einsum of the same shapes, in one run.
+
+The whole HERMES chip (64 cores × 256×256) at batch 256, jitted, in two settings:
+every non-ideality on, and every one but per-read noise. Because the machine is shared
+and absolute times drift, the figures that matter are ratios to ``jnp.einsum`` measured
+in the same run (interleaved repetitions, minimum over repetitions).
+
+Usage:
+  python benchmarks/bench_mvm.py [--cores 64] [--batch 256] [--repeats 15]
+
+The last line printed is a JSON object with ``ratio`` (all on, ours / einsum),
+``ratio_no_read_noise`` and the compile seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+import pcmjax as pj
+from pcmjax.chip.mvm import _mvm
+
+
+def _time(fn, *args):
+    t = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cores", type=int, default=64)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args(argv)
+
+    cfg_all = pj.ChipConfig(n_cores=args.cores)
+    settings = {"all_on": cfg_all, "no_read_noise": cfg_all.without("read_noise")}
+    key = jax.random.key(0)
+    kw, kx, kp, kt, km = jax.random.split(key, 5)
+    shape = (args.cores, cfg_all.rows, cfg_all.cols)
+    weights = jax.random.normal(kw, shape) * 0.05
+    x = jax.random.uniform(kx, (args.cores, args.batch, cfg_all.rows), minval=-1.0, maxval=1.0)
+
+    einsum = jax.jit(lambda x, w: jnp.einsum("cbr,crk->cbk", x, w))
+    compile_s = {"einsum": _time(einsum, x, weights)}
+    states = {}
+    for name, cfg in settings.items():
+        states[name] = pj.program_chip(kp, weights, cfg).at_time(kt, 86400.0)
+        compile_s[name] = _time(_mvm, km, states[name], x, "identity")
+
+    best = {name: float("inf") for name in ["einsum", *settings]}
+    for r in range(args.repeats):
+        best["einsum"] = min(best["einsum"], _time(einsum, x, weights))
+        for name in settings:
+            best[name] = min(best[name], _time(_mvm, jax.random.fold_in(km, r), states[name], x, "identity"))
+
+    ratio = best["all_on"] / best["einsum"]
+    ratio_nrn = best["no_read_noise"] / best["einsum"]
+    print(f"chip: {args.cores} cores × {cfg_all.rows}×{cfg_all.cols}, batch {args.batch}, "
+          f"backend {jax.default_backend()}, {len(jax.devices())} device(s)")
+    print(f"{'setting':<16}{'best ms':>10}{'/ einsum':>10}{'compile s':>11}")
+    for name in ["einsum", *settings]:
+        print(f"{name:<16}{best[name] * 1e3:>10.2f}{best[name] / best['einsum']:>10.2f}{compile_s[name]:>11.2f}")
+    gmacs = args.cores * args.batch * cfg_all.rows * cfg_all.cols / 1e9
+    print(f"einsum: {gmacs / best['einsum']:.1f} GMAC/s")
+    print(json.dumps({
+        "ratio": round(ratio, 3), "ratio_no_read_noise": round(ratio_nrn, 3),
+        "einsum_ms": round(best["einsum"] * 1e3, 3), "all_on_ms": round(best["all_on"] * 1e3, 3),
+        "no_read_noise_ms": round(best["no_read_noise"] * 1e3, 3),
+        "compile_s": {k: round(v, 3) for k, v in compile_s.items()},
+        "cores": args.cores, "batch": args.batch, "backend": jax.default_backend(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
