@@ -156,6 +156,7 @@ class DeviceModel:
         Returns:
           conductance at time t, µS, shape ``broadcast(g_prog, t)``.
         """
+        check_time(t)
         g_prog = jnp.asarray(g_prog, jnp.float32)
         t = jnp.asarray(t, jnp.float32)
         g_d = g_prog * self.drift_factor(nu, t)
