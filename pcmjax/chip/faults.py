@@ -1,0 +1,211 @@
+"""Device faults: stuck-at-SET and stuck-at-RESET devices, dead columns.
+
+Drawn per chip instance from a key and three rates:
+
+* each PCM device of a unit cell (``num_devices`` per polarity) is independently stuck at
+  SET with probability ``stuck_set`` (it conducts its full SET conductance,
+  ``g_max / num_devices``, whatever it was programmed to) or stuck at RESET with
+  probability ``stuck_reset`` (it conducts nothing);
+* each bit line (one column of one core) is dead with probability ``dead_columns``: an
+  open line or a failed ADC, so the column reads zero.
+
+A polarity whose ``n`` devices hold ``h`` healthy, ``s`` stuck-SET and ``n − h − s``
+stuck-RESET devices conducts ``g_prog · h / n + s · g_max / n``: the healthy devices are
+taken to share the programmed conductance equally (first order; the HERMES two-device
+strategy programs them unequally). Its drift exponent becomes the conductance-weighted
+mean of the programmed exponent and that of a fully SET device (the device model's mean
+ν at ``g_max``), so stuck-SET devices drift as little as SET devices do.
+
+Faults are applied to the programmed conductances, before the drift-compensation
+reference is read, and are not seen by program-and-verify (a pessimistic choice: a real
+verify loop would partly compensate a stuck device with its healthy partner).
+
+Two ways in:
+
+* ``ChipConfig(faults=FaultConfig(stuck_set=0.01, ...))``: every ``program_chip`` draws
+  faults (a static config: one compilation per rate);
+* :func:`apply_faults` on an already programmed :class:`~pcmjax.ChipState`, with rates
+  that may be traced, so a Monte Carlo sweep over fault rates is one ``jax.vmap``.
+
+References:
+  Stuck-at faults of resistive crossbars as used for fault-tolerance studies, e.g.
+  C.-Y. Chen et al., "RRAM defect modeling and failure analysis based on march test and a
+  novel squeeze-search scheme", IEEE Trans. Comput. 64, 180 (2015); S. Kim et al.,
+  "Optimization of programming current on endurance of phase change memory", VLSI-TSA
+  2012 (stuck-SET endurance failures of PCM).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Stream index folded into program_chip's key for the fault draws (keeps every other
+# stream, and so every fault-free result, unchanged).
+FAULT_STREAM = 0xFA17
+
+
+def _is_traced(v) -> bool:
+    return isinstance(v, jax.core.Tracer)
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultConfig:
+    """Fault rates of a chip instance (all 0: no faults, the default).
+
+    Attributes:
+      stuck_set: probability that a device is stuck at SET.
+      stuck_reset: probability that a device is stuck at RESET.
+      dead_columns: probability that a column (bit line) of a core is dead.
+
+    The rates are Python floats when the config sits in a :class:`~pcmjax.ChipConfig`
+    (static, hashable); :func:`apply_faults` also accepts JAX arrays (traced rates).
+    """
+
+    stuck_set: float = 0.0
+    stuck_reset: float = 0.0
+    dead_columns: float = 0.0
+
+    def __post_init__(self):
+        vals = {}
+        for name in ("stuck_set", "stuck_reset", "dead_columns"):
+            v = getattr(self, name)
+            if _is_traced(v) or isinstance(v, jax.Array) and v.ndim:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, jax.Array)):
+                raise TypeError(f"faults.{name} must be a probability (float), got {v!r}.")
+            f = float(v)
+            if not (0.0 <= f <= 1.0):
+                raise ValueError(f"faults.{name} must be a probability in [0, 1], got {v!r}.")
+            vals[name] = f
+        if "stuck_set" in vals and "stuck_reset" in vals and vals["stuck_set"] + vals["stuck_reset"] > 1.0:
+            raise ValueError(f"faults.stuck_set + faults.stuck_reset must be <= 1, got "
+                             f"{vals['stuck_set']} + {vals['stuck_reset']}.")
+
+    @property
+    def enabled(self) -> bool:
+        """True when any rate may be non-zero (traced rates count as enabled)."""
+        return any(_is_traced(getattr(self, n)) or isinstance(getattr(self, n), jax.Array) or getattr(self, n) > 0
+                   for n in ("stuck_set", "stuck_reset", "dead_columns"))
+
+    def replace(self, **changes) -> "FaultConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def fault_masks(key, shape, num_devices: int, stuck_set, stuck_reset, dead_columns):
+    """Counts of stuck devices per polarity and the dead-column mask.
+
+    Args:
+      key: a ``jax.random`` key.
+      shape: ``(cores, 2, rows, cols)`` of the conductance array.
+      num_devices: devices per polarity.
+      stuck_set, stuck_reset, dead_columns: rates (floats or scalar arrays).
+
+    Returns:
+      ``(n_set, n_reset, alive)``: float arrays of ``shape`` with the number of stuck-SET
+      and stuck-RESET devices of each polarity, and ``[cores, 1, 1, cols]`` with 1 for a
+      working column and 0 for a dead one.
+    """
+    k_dev, k_col = jax.random.split(key)
+    u = jax.random.uniform(k_dev, (num_devices, *shape), jnp.float32)
+    is_set = u < stuck_set
+    is_reset = (u >= stuck_set) & (u < stuck_set + stuck_reset)
+    n_set = jnp.sum(is_set, axis=0).astype(jnp.float32)
+    n_reset = jnp.sum(is_reset, axis=0).astype(jnp.float32)
+    c, _, _, k = shape
+    alive = (jax.random.uniform(k_col, (c, 1, 1, k), jnp.float32) >= dead_columns).astype(jnp.float32)
+    return n_set, n_reset, alive
+
+
+def faulty_conductances(key, g_prog, nu, g_max, num_devices: int, nu_set, stuck_set, stuck_reset, dead_columns):
+    """Programmed conductances and drift exponents with faults applied.
+
+    Args:
+      key: a ``jax.random`` key.
+      g_prog: ``[cores, 2, rows, cols]`` programmed conductances, µS.
+      nu: drift exponents, same shape.
+      g_max: the device model's ``g_max`` (summed over the devices of a polarity), µS.
+      num_devices: devices per polarity.
+      nu_set: drift exponent of a fully SET device.
+      stuck_set, stuck_reset, dead_columns: rates.
+
+    Returns:
+      ``(g_prog, nu)`` of the faulty array. Gradients flow to ``g_prog`` and ``nu``
+      through the healthy devices.
+    """
+    n = float(num_devices)
+    n_set, n_reset, alive = fault_masks(key, g_prog.shape, num_devices, stuck_set, stuck_reset, dead_columns)
+    healthy = n - n_set - n_reset
+    g_h = g_prog * (healthy / n)
+    g_s = n_set * (g_max / n)
+    g = (g_h + g_s) * alive
+    tot = g_h + g_s
+    # Conductance-weighted exponent; where nothing conducts keep ν (its value is unused).
+    safe = jnp.where(tot > 0, tot, 1.0)
+    nu_f = jnp.where(tot > 0, (g_h * nu + g_s * nu_set) / safe, nu)
+    return g, nu_f
+
+
+def set_drift_exponent(device, drift: bool = True):
+    """Mean drift exponent of a fully SET device (0 when drift is off)."""
+    if not drift:
+        return jnp.zeros((), jnp.float32)
+    mu, _ = device.nu_moments(jnp.asarray(device.g_max, jnp.float32))
+    return device.drift_scale * jnp.abs(mu)
+
+
+def _rates(faults: FaultConfig):
+    return tuple(jnp.asarray(getattr(faults, n), jnp.float32) for n in ("stuck_set", "stuck_reset", "dead_columns"))
+
+
+def program_faults(key, g_prog, nu, device, cfg):
+    """The ``program_chip`` hook: faults of ``cfg.faults`` on freshly programmed devices."""
+    return faulty_conductances(key, g_prog, nu, device.g_max, int(device.num_devices),
+                               set_drift_exponent(device, cfg.drift), *_rates(cfg.faults))
+
+
+def apply_faults(key, state, faults: FaultConfig):
+    """Faults drawn on a programmed chip; the drift-compensation reference is re-read.
+
+    The faults are taken to exist from programming on: the programmed conductances and
+    drift exponents are replaced, the compensation reference is read again at
+    ``t = 0`` and the state is prepared again at its time ``state.t``.
+
+    Args:
+      key: a ``jax.random`` key (one fault pattern per key).
+      state: a :class:`~pcmjax.ChipState` (one instance; ``jax.vmap`` for more).
+      faults: a :class:`FaultConfig`; its rates may be traced arrays, so
+        ``jax.vmap(lambda r: apply_faults(k, state, FaultConfig(stuck_set=r)))(rates)``
+        sweeps a rate in one compilation.
+
+    Returns:
+      a :class:`~pcmjax.ChipState` with faults.
+    """
+    from pcmjax._validate import check_key
+    from pcmjax.chip.state import ChipState
+
+    if not isinstance(state, ChipState):
+        raise TypeError(f"state must be a ChipState (from pcmjax.program_chip), got {type(state).__name__}.")
+    if not isinstance(faults, FaultConfig):
+        raise TypeError(f"faults must be a FaultConfig, got {type(faults).__name__}.")
+    check_key(key)
+    return _apply_faults(key, state, *_rates(faults))
+
+
+@jax.jit
+def _apply_faults(key, state, stuck_set, stuck_reset, dead_columns):
+    from pcmjax.chip import compensation
+    from pcmjax.chip.state import _aged, _at_time
+
+    k_f, k_ref, k_t = jax.random.split(key, 3)
+    dev, cfg = state.device, state.cfg
+    g, nu = faulty_conductances(k_f, state.g_prog, state.nu, dev.g_max, int(dev.num_devices),
+                                set_drift_exponent(dev, cfg.drift), stuck_set, stuck_reset, dead_columns)
+    state = state.replace(g_prog=g, nu=nu)
+    zero = jnp.zeros((), jnp.float32)
+    g0, var0 = _aged(state, jax.random.fold_in(k_ref, 0), zero)
+    ref0 = compensation.reference_read(jax.random.fold_in(k_ref, 1), g0, var0, dev.g_max, state.adc_params(), cfg)
+    return _at_time(state.replace(gdc_ref=ref0), k_t, state.t)
