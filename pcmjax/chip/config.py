@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pcmjax.chip.faults import FaultConfig
 from pcmjax.periphery.adc import ADCConfig
 from pcmjax.periphery.ldpu import ACTIVATIONS
 from pcmjax.periphery.pwm import PWMConfig
@@ -111,6 +112,7 @@ class ChipConfig:
         ``"column"`` (one per column), PHYSICS.md §5.
       gdc_input: amplitude of the all-equal reference input read for drift
         compensation, as a fraction of the ADC's full scale.
+      faults: :class:`FaultConfig` (stuck devices, dead columns; default: none).
     """
 
     n_cores: int = 64
@@ -131,6 +133,7 @@ class ChipConfig:
     activation: str = "identity"
     drift_compensation: str = "global"
     gdc_input: float = 0.5
+    faults: FaultConfig = FaultConfig()
 
     def __post_init__(self):
         _check_int("n_cores", self.n_cores, 1, 4096)
@@ -152,6 +155,8 @@ class ChipConfig:
         _check_choice("activation", self.activation, tuple(sorted(ACTIVATIONS)))
         _check_choice("drift_compensation", self.drift_compensation, COMPENSATION_MODES)
         _check_float("gdc_input", self.gdc_input, 0.0, 1.0, lo_open=True)
+        if not isinstance(self.faults, FaultConfig):
+            raise TypeError(f"faults must be a FaultConfig, got {type(self.faults).__name__}.")
 
     # ------------------------------------------------------------------------------
     @classmethod
