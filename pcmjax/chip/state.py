@@ -136,6 +136,10 @@ def _program(key, weights, device, cfg):
         nu = device.drift_exponent(k_nu, g_target)
     else:
         nu = jnp.zeros_like(g_target)
+    if cfg.faults.enabled:  # stuck devices and dead columns (off by default)
+        from pcmjax.chip.faults import FAULT_STREAM, program_faults
+
+        g_prog, nu = program_faults(jax.random.fold_in(key, FAULT_STREAM), g_prog, nu, device, cfg)
     n_cores, cols = weights.shape[0], weights.shape[2]
     from pcmjax.periphery.adc import sample_adc_mismatch
 
