@@ -1,0 +1,43 @@
+"""Monte Carlo studies of PCM chips: many instances × times × variants, fast and resumable.
+
+::
+
+    from pcmjax import montecarlo as mc
+
+    study = mc.Study(mc.MVMWorkload(cores=4), times=mc.log_times(1, mc.YEAR, 6), instances=200)
+    results = mc.run_study(study, "results/")      # vmapped, chunked, sharded, resumable
+    print(results.table())
+    results.get("mvm_error", "gdc")                # [instances, times]
+
+A study evaluates a *workload* (:class:`MVMWorkload`: raw chip MVMs; :class:`NetworkWorkload`:
+a deployed network) on ``instances`` independently programmed chips (instance ``i``
+draws from ``fold_in(key(seed), i)`` only), at every time, for every :class:`Variant`
+(named chip-config overrides, e.g. no compensation / global drift compensation /
+calibrated). :func:`run_study` writes per-chunk files so an interrupted run continues
+where it stopped, then ``results.npz``, ``summary.json``/``.csv`` and figures.
+"""
+
+from pcmjax.montecarlo.results import Results, load_results
+from pcmjax.montecarlo.runner import choose_chunk, instance_function, make_mesh, run_study
+from pcmjax.montecarlo.store import StudyMismatchError
+from pcmjax.montecarlo.study import (
+    DAY,
+    DEFAULT_VARIANTS,
+    HOUR,
+    MINUTE,
+    MONTH,
+    WEEK,
+    YEAR,
+    ResolvedVariant,
+    Study,
+    Variant,
+    format_time,
+    log_times,
+)
+from pcmjax.montecarlo.workloads import MVMWorkload, Workload, fit_column_affine, relative_error
+
+__all__ = [
+    "Study", "Variant", "ResolvedVariant", "DEFAULT_VARIANTS", "Workload", "MVMWorkload", "run_study",
+    "Results", "load_results", "StudyMismatchError", "log_times", "format_time", "make_mesh", "choose_chunk",
+    "instance_function", "relative_error", "fit_column_affine", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR",
+]

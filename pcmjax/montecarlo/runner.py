@@ -1,0 +1,306 @@
+"""The study runner: vmapped, chunked, sharded, resumable.
+
+One compiled function evaluates a *chunk* of chip instances: ``jax.vmap`` over their
+instance ids (instance ``i`` uses ``fold_in(key(seed), i)``), inside it ``jax.vmap`` over
+the times and, for every variant, the workload's ``evaluate``. All variants are traced
+into the same computation, so the work they share (programming, ageing the
+conductances) is computed once per instance by XLA's common-subexpression elimination;
+compiling them separately measured about three times the compile time and more than
+twice the run time on the default study.
+
+The instance axis is sharded over a one-dimensional :class:`jax.sharding.Mesh` of all
+devices (``NamedSharding(mesh, P("instances"))``); inputs (weights, data sets, device
+parameters) are replicated. Chunks are sized from a memory budget using a trace-time
+estimate of one instance's peak memory (:mod:`pcmjax.montecarlo._memory`).
+
+Reproducibility: an instance's results depend on ``(seed, i)`` only. A chunk is padded
+to a multiple of the device count and to at least two instances per device, because XLA
+compiles a batch of one differently and the last bit of some results then changes; with
+that, results are bit-identical for any chunk size and device count (tested).
+
+Several hosts: start every process with the same command after
+``jax.distributed.initialize(...)`` (or set ``--distributed`` on the CLI, which calls
+it with the environment's cluster settings); the mesh then spans every process's
+devices, each process supplies its shards of the instance ids, results are gathered with
+``multihost_utils.process_allgather`` and only process 0 writes files. The output folder
+must be on a filesystem all processes see.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from pcmjax.montecarlo import _memory
+from pcmjax.montecarlo.results import Results
+from pcmjax.montecarlo.store import RunFolder, atomic_write_bytes, atomic_write_text
+from pcmjax.montecarlo.study import Study
+
+AXIS = "instances"
+MIN_PER_DEVICE = 2  # see the module docstring (bit-identical results)
+MAX_PER_DEVICE = 64  # beyond this, larger chunks stop paying off and resumption gets coarse
+MIN_CHUNKS = 4  # with the automatic size, split a run into at least this many chunks ...
+MIN_AUTO_PER_DEVICE = 8  # ... unless chunks would fall below this many instances per device
+HIST_BINS = 60
+
+
+# -- the compiled chunk function ------------------------------------------------------
+def histogram_edges(study: Study) -> np.ndarray:
+    """Conductance-histogram bin edges, µS: ``HIST_BINS`` bins on ``[0, 1.1 g_max]``."""
+    return np.linspace(0.0, 1.1 * float(np.asarray(study.device.g_max)), HIST_BINS + 1)
+
+
+def instance_function(study: Study, histograms: bool = True):
+    """``f(data, device, seed, times, i) → {"values": [T, V, M], "hist": [V, T, bins]}``.
+
+    The histogram counts the devices with a non-zero target by conductance (bins of
+    :func:`histogram_edges`); the conductances are the ones the evaluation ages, so XLA
+    computes them once.
+    """
+    workload, variants, metrics = study.workload, study.resolved_variants(), study.metrics
+    top = float(histogram_edges(study)[-1])
+
+    def hist(data, device, key, t, v):
+        g, mask = workload.conductances(data, device, key, t, v)
+        idx = jnp.clip(jnp.floor(g * (HIST_BINS / top)).astype(jnp.int32), 0, HIST_BINS - 1)
+        w = (mask & (g <= top)).astype(jnp.float32)
+        return jnp.zeros(HIST_BINS, jnp.float32).at[idx].add(w)
+
+    def one(data, device, seed, times, i):
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        values, hists = [], []
+        for v in variants:
+            out = jax.vmap(lambda t, v=v: workload.evaluate(data, device, key, t, v))(times)
+            missing = [m for m in metrics if m not in out]
+            if missing:
+                raise KeyError(f"workload {workload.kind!r} did not return metric(s) {missing}; it returned "
+                               f"{sorted(out)}.")
+            values.append(jnp.stack([jnp.asarray(out[m], jnp.float32) for m in metrics], axis=-1))
+            if histograms:
+                hists.append(jax.vmap(lambda t, v=v: hist(data, device, key, t, v))(times))
+        out = {"values": jnp.stack(values, axis=1)}
+        if histograms:
+            out["hist"] = jnp.stack(hists)
+        return out
+
+    return one
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A one-dimensional mesh named ``"instances"`` over ``devices`` (default: all).
+
+    ``devices`` may be a number (the first ``n`` of ``jax.devices()``) or a list.
+    """
+    if devices is None:
+        devs = jax.devices()
+    elif isinstance(devices, int) and not isinstance(devices, bool):
+        all_devs = jax.devices()
+        if not 1 <= devices <= len(all_devs):
+            raise ValueError(f"devices must be between 1 and {len(all_devs)} (the devices JAX sees), got {devices}.")
+        devs = all_devs[:devices]
+    else:
+        devs = list(devices)
+    return Mesh(np.asarray(devs), (AXIS,))
+
+
+def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: int,
+                 chunk_size: int | None = None, n_local_devices: int | None = None) -> tuple[int, int]:
+    """``(instances per chunk, padded batch)`` for ``n_todo`` instances.
+
+    With ``chunk_size`` given, chunks hold exactly that many instances. Otherwise the
+    largest per-device batch within ``budget`` (bytes per process), at most
+    ``MAX_PER_DEVICE``, split so that the run has at least ``MIN_CHUNKS`` chunks while
+    chunks keep ``MIN_AUTO_PER_DEVICE`` instances per device, and balanced.
+    """
+    n_local = n_devices if n_local_devices is None else n_local_devices
+    if chunk_size is not None:
+        per_chunk = int(chunk_size)
+    else:
+        fit = budget // max(1, bytes_per_instance * n_local)
+        per_dev = int(max(MIN_PER_DEVICE, min(MAX_PER_DEVICE, fit)))
+        want = math.ceil(n_todo / MIN_CHUNKS / n_devices)
+        per_dev = max(min(per_dev, MIN_AUTO_PER_DEVICE), min(per_dev, want))
+        per_chunk = per_dev * n_devices
+        n_chunks = max(1, math.ceil(n_todo / per_chunk))
+        per_chunk = math.ceil(math.ceil(n_todo / n_chunks) / n_devices) * n_devices
+    per_chunk = max(1, min(per_chunk, max(1, n_todo)))
+    batch = max(math.ceil(per_chunk / n_devices) * n_devices, MIN_PER_DEVICE * n_devices)
+    return per_chunk, batch
+
+
+class _Progress:
+    """tqdm bar with instance rate, evaluation rate and ETA (or a plain line per chunk)."""
+
+    def __init__(self, total, initial, evals_per_instance, desc, quiet):
+        self.quiet, self.evals = quiet, evals_per_instance
+        self.t0, self.n0, self.n = time.perf_counter(), initial, initial
+        self.total = total
+        self.bar = None
+        if not quiet:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="inst", desc=desc, file=sys.stderr,
+                                dynamic_ncols=True, smoothing=0.3)
+            except ImportError:  # pragma: no cover - tqdm is optional
+                self.bar = None
+
+    def update(self, n):
+        self.n += n
+        rate = (self.n - self.n0) / max(time.perf_counter() - self.t0, 1e-9)
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{rate * self.evals:.1f} evals/s", refresh=False)
+            self.bar.update(n)
+        elif not self.quiet:
+            eta = (self.total - self.n) / max(rate, 1e-9)
+            print(f"  {self.n}/{self.total} instances, {rate * self.evals:.1f} evals/s, ETA {eta:.0f} s",
+                  file=sys.stderr)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _host(x):
+    if jax.process_count() > 1:  # pragma: no cover - needs several processes
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+# -- the run -------------------------------------------------------------------------
+def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None = None, memory_budget=None,
+              devices=None, quiet: bool = False, plots: bool = True) -> Results:
+    """Run (or resume) ``study``, writing its results into ``output``.
+
+    Args:
+      study: the :class:`Study`.
+      output: output folder (created; ``None``: keep results in memory only). A folder
+        holding a finished or interrupted run of the same study is resumed: only
+        missing instances are computed. A folder of a different study is refused
+        (:class:`StudyMismatchError`).
+      chunk_size: instances per chunk (default: from ``memory_budget``).
+      memory_budget: bytes (or ``"2GiB"``) one chunk may use on this process
+        (default: a quarter of RAM, at most 2 GiB).
+      devices: devices to shard instances over: ``None`` (all), a count, or a list.
+      quiet: no progress bar or messages.
+      plots: write PNG figures (needs matplotlib).
+
+    Returns:
+      the :class:`Results`; ``results.histograms`` holds the conductance histograms and
+      ``results.run_info`` timings and chunking.
+    """
+    if not isinstance(study, Study):
+        raise TypeError(f"study must be a pcmjax.montecarlo.Study, got {type(study).__name__}.")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    budget = _memory.default_memory_budget() if memory_budget is None else _memory.parse_bytes(memory_budget)
+    writer = jax.process_index() == 0
+    log = (lambda *a: None) if quiet or not writer else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    t_start = time.perf_counter()
+
+    folder = RunFolder(output) if output is not None else None
+    shape = (len(study.times), len(study.variants), len(study.metrics))
+    done: dict[int, tuple] = {}
+    if folder is not None:
+        folder.open(study, write=writer)
+        done = {i: v for i, v in folder.load_done(shape).items() if i < study.instances}
+    todo = np.asarray([i for i in range(study.instances) if i not in done], np.int64)
+
+    mesh = make_mesh(devices)
+    n_dev = mesh.devices.size
+    n_local = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
+    info = {"devices": n_dev, "backend": jax.default_backend(), "instances": study.instances,
+            "resumed": len(done), "computed": int(todo.size), "compile_s": 0.0, "compute_s": 0.0}
+    log(study.describe())
+    if folder is not None:
+        log(f"  output:   {folder.path}" + (f" (resuming: {len(done)} of {study.instances} instances done)"
+                                            if done else ""))
+
+    if todo.size:
+        data = study.workload.data()
+        seed = np.uint32(study.seed)
+        times = np.asarray(study.times, np.float32)
+        one = instance_function(study)
+        per_instance = _memory.estimate_peak_bytes(one, data, study.device, seed, times, np.int32(0))
+        per_chunk, batch = choose_chunk(todo.size, n_dev, per_instance, budget, chunk_size, n_local)
+        info.update(chunk_size=per_chunk, batch=batch, bytes_per_instance_estimate=per_instance,
+                    memory_budget=budget)
+        log(f"  running:  {todo.size} instances in chunks of {per_chunk} (batch {batch}) on {n_dev} "
+            f"{jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per instance, "
+            f"budget {_memory.format_bytes(budget)}")
+        repl = NamedSharding(mesh, PartitionSpec())
+        shard = NamedSharding(mesh, PartitionSpec(AXIS))
+        fn = jax.jit(jax.vmap(one, in_axes=(None, None, None, None, 0)),
+                     in_shardings=(repl, repl, repl, repl, shard), out_shardings=shard)
+        args = jax.device_put((data, study.device, seed, times), repl)
+
+        def ids_array(ids):
+            padded = np.concatenate([ids, np.full(batch - ids.size, ids[-1], np.int64)]).astype(np.int32)
+            return jax.make_array_from_callback((batch,), shard, lambda idx: padded[idx])
+
+        t0 = time.perf_counter()
+        log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
+        compiled = fn.lower(*args, ids_array(todo[:1])).compile()
+        info["compile_s"] = time.perf_counter() - t0
+        log(f"  compiled in {info['compile_s']:.1f} s")
+
+        progress = _Progress(study.instances, len(done), shape[0] * shape[1], study.name, quiet or not writer)
+        t0 = time.perf_counter()
+        chunks = [todo[a:a + per_chunk] for a in range(0, todo.size, per_chunk)]
+        pending = None  # dispatch the next chunk before fetching the previous one
+        try:
+            for ids in [*chunks, None]:
+                nxt = None if ids is None else (ids, compiled(*args, ids_array(ids)))
+                if pending is not None:
+                    p_ids, p_out = pending
+                    values = _host(p_out["values"])[: p_ids.size]
+                    hist = _host(p_out["hist"])[: p_ids.size]
+                    if folder is not None and writer:
+                        folder.write_chunk(p_ids, values, hist)
+                    done.update(zip(p_ids.tolist(), zip(values, hist)))
+                    progress.update(p_ids.size)
+                pending = nxt
+        finally:
+            progress.close()
+        info["compute_s"] = time.perf_counter() - t0
+
+    values = np.stack([done[i][0] for i in range(study.instances)])
+    meta = {"name": study.name, "study_hash": study.hash(), "seed": study.seed, "workload": study.workload.kind}
+    results = Results(values, study.times, study.variant_names, study.metrics, meta)
+    hists = [done[i][1] for i in range(study.instances) if done[i][1] is not None]
+    results.histograms = None if not hists else {
+        "edges": histogram_edges(study), "counts": np.sum(hists, axis=0), "instances": len(hists),
+        "times_s": np.asarray(study.times), "variants": study.variant_names,
+        "g_max": float(np.asarray(study.device.g_max))}
+    if folder is not None and writer:
+        results.save(folder.path)
+        if results.histograms is not None:
+            h = results.histograms
+            atomic_write_bytes(folder.path / "conductances.npz", lambda f: np.savez(
+                f, edges_uS=h["edges"], counts=h["counts"], times_s=h["times_s"],
+                variants=np.asarray(h["variants"]), instances=h["instances"], g_max_uS=h["g_max"]))
+        if plots:
+            try:
+                from pcmjax import plots as _plots
+
+                info["figures"] = [str(p) for p in _plots.study_figures(results, folder.path / "figures")]
+            except ImportError as e:  # pragma: no cover - matplotlib is optional
+                log(f"  no figures: {e}")
+    info["total_s"] = time.perf_counter() - t_start
+    info["evals_per_s"] = (info["computed"] * shape[0] * shape[1]) / max(info["compute_s"], 1e-9)
+    if folder is not None and writer:
+        atomic_write_text(folder.path / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+        log(f"  wrote {folder.path}: results.npz, summary.json, summary.csv, conductances.npz"
+            + (", figures/" if plots else ""))
+    results.run_info = info
+    return results

@@ -1,0 +1,300 @@
+"""A Monte Carlo study: what to evaluate, on which chips, when, and how often.
+
+A :class:`Study` names a *workload* (a pure function evaluating one chip instance, see
+:mod:`pcmjax.montecarlo.workloads`), a base chip configuration and device model, the
+times after programming, the number of chip instances, the *variants* (named chip-config
+overrides, optionally with per-column calibration) and the metrics to keep.
+
+:meth:`Study.spec` is a JSON description of everything that determines an instance's
+results; its hash guards an output folder against being resumed with a different study.
+The number of instances is deliberately not part of it: instance ``i`` depends on
+``(seed, i)`` alone, so a finished study can be extended with more instances.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+from pcmjax.chip.config import ChipConfig
+from pcmjax.devices import DeviceModel, HermesPCM
+from pcmjax.devices import to_dict as device_to_dict
+
+SPEC_FORMAT = "pcmjax.study/1"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+# Named times (seconds) for labels and default grids.
+MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
+WEEK, MONTH, YEAR = 7 * DAY, 30.4375 * DAY, 365.25 * DAY
+_UNITS = (("y", YEAR), ("mo", MONTH), ("d", DAY), ("h", HOUR), ("min", MINUTE), ("s", 1.0), ("ms", 1e-3),
+          ("µs", 1e-6))
+
+
+def format_time(t_s: float) -> str:
+    """A short human label for ``t_s`` seconds: ``1 s``, ``16.7 min``, ``11.6 d``, ``1 y``."""
+    t_s = float(t_s)
+    if t_s == 0:
+        return "0 s"
+    for unit, size in _UNITS:
+        if t_s >= size * 0.9995:
+            v = t_s / size
+            return f"{v:.3g} {unit}"
+    return f"{t_s:.3g} s"
+
+
+def log_times(start_s: float = 1.0, stop_s: float = YEAR, num: int = 6) -> tuple[float, ...]:
+    """``num`` log-spaced times from ``start_s`` to ``stop_s`` seconds (both included)."""
+    if not (start_s > 0 and stop_s > start_s):
+        raise ValueError(f"log-spaced times need 0 < start < stop, got start={start_s!r}, stop={stop_s!r}.")
+    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
+        raise ValueError(f"the number of log-spaced times must be an integer >= 2, got {num!r}.")
+    return tuple(float(t) for t in np.geomspace(start_s, stop_s, num))
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.extend(_flatten(v, f"{prefix}{k}."))
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _nest(items) -> dict:
+    out: dict = {}
+    for path, v in items:
+        node = out
+        *heads, last = path.split(".")
+        for h in heads:
+            node = node.setdefault(h, {})
+        node[last] = v
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named variation of the study's chip configuration.
+
+    Attributes:
+      name: label in results, tables and legends (letters, digits, ``_ . + -``).
+      chip: chip-config overrides, a (possibly nested) mapping such as
+        ``{"drift_compensation": "none", "adc": {"bits": 8}}``; stored as sorted
+        ``(dotted path, value)`` pairs so the variant is hashable.
+      calibrate: fit a per-column affine correction (``γ y + β``) on calibration inputs at
+        each time after ageing, on top of the overrides (the "calibrated" case).
+    """
+
+    name: str
+    chip: Any = ()
+    calibrate: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise ValueError(f"variant name must be a non-empty string of letters, digits and '_.+-', "
+                             f"got {self.name!r}.")
+        chip = self.chip
+        if isinstance(chip, dict):
+            chip = _flatten(chip)
+        try:
+            chip = tuple(sorted((str(p), v) for p, v in chip))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"variant {self.name!r}: chip overrides must be a mapping of option -> value, "
+                            f"got {self.chip!r}.") from e
+        for path, v in chip:
+            if isinstance(v, (list, tuple, dict, set)):
+                raise TypeError(f"variant {self.name!r}: chip option {path!r} must be a scalar, got {v!r}.")
+        object.__setattr__(self, "chip", chip)
+        if not isinstance(self.calibrate, bool):
+            raise TypeError(f"variant {self.name!r}: calibrate must be true or false, got {self.calibrate!r}.")
+
+    def overrides(self) -> dict:
+        """The chip overrides as a nested mapping."""
+        return _nest(self.chip)
+
+    def resolve(self, base: ChipConfig) -> "ResolvedVariant":
+        """This variant applied to ``base`` (errors name the variant and the option)."""
+        try:
+            cfg = base.update(self.overrides())
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"variant {self.name!r}: {e}") from e
+        return ResolvedVariant(self.name, cfg, self.calibrate)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "chip": self.overrides(), "calibrate": self.calibrate}
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedVariant:
+    """What a workload's ``evaluate`` receives (static under ``jit``): a name, the full
+    :class:`pcmjax.ChipConfig` of the variant and whether to calibrate."""
+
+    name: str
+    config: ChipConfig
+    calibrate: bool = False
+
+
+DEFAULT_VARIANTS = (
+    Variant("none", {"drift_compensation": "none"}),
+    Variant("gdc", {"drift_compensation": "global"}),
+    Variant("calibrated", {"drift_compensation": "global"}, calibrate=True),
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Study:
+    """A Monte Carlo study.
+
+    Attributes:
+      workload: a :class:`pcmjax.montecarlo.Workload` (e.g. :class:`MVMWorkload`,
+        :class:`NetworkWorkload`).
+      times: seconds after programming, ascending, each ≥ 0.
+      instances: number of chip instances (instance ``i`` uses ``fold_in(key(seed), i)``).
+      variants: :class:`Variant` s (default: none / gdc / calibrated).
+      chip: base :class:`pcmjax.ChipConfig` the variants modify (default: HERMES).
+      device: device model (default ``HermesPCM(num_devices=2)``; any fitted model).
+      seed: integer in ``[0, 2**32)``.
+      metrics: names to keep (default: all of the workload's).
+      name: a label for the study (not part of its hash).
+    """
+
+    workload: Any
+    times: tuple = log_times()
+    instances: int = 100
+    variants: tuple = DEFAULT_VARIANTS
+    chip: ChipConfig = ChipConfig()
+    device: Any = None
+    seed: int = 0
+    metrics: tuple | None = None
+    name: str = "study"
+
+    def __post_init__(self):
+        from pcmjax.montecarlo.workloads import Workload
+
+        if not isinstance(self.workload, Workload):
+            raise TypeError(f"workload must be a pcmjax.montecarlo.Workload, got {type(self.workload).__name__}.")
+        times = np.asarray(self.times, dtype=np.float64).reshape(-1)
+        if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0):
+            raise ValueError(f"times must be a non-empty list of finite seconds >= 0, got {list(self.times)!r}.")
+        if np.any(np.diff(times) <= 0):
+            raise ValueError(f"times must be strictly ascending, got {list(self.times)!r}.")
+        object.__setattr__(self, "times", tuple(float(t) for t in times))
+        if isinstance(self.instances, bool) or not isinstance(self.instances, (int, np.integer)) or self.instances < 1:
+            raise ValueError(f"instances must be a positive integer, got {self.instances!r}.")
+        object.__setattr__(self, "instances", int(self.instances))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
+        object.__setattr__(self, "seed", int(self.seed))
+        if not isinstance(self.chip, ChipConfig):
+            raise TypeError(f"chip must be a pcmjax.ChipConfig, got {type(self.chip).__name__}.")
+        device = HermesPCM(num_devices=2) if self.device is None else self.device
+        if not isinstance(device, DeviceModel):
+            raise TypeError(f"device must be a pcmjax device model, got {type(device).__name__}.")
+        object.__setattr__(self, "device", device)
+        variants = tuple(self.variants)
+        if not variants or not all(isinstance(v, Variant) for v in variants):
+            raise TypeError("variants must be a non-empty sequence of pcmjax.montecarlo.Variant.")
+        names = [v.name for v in variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variant names must be unique, got {names}.")
+        object.__setattr__(self, "variants", variants)
+        available = tuple(self.workload.metric_names())
+        metrics = available if self.metrics is None else tuple(self.metrics)
+        bad = [m for m in metrics if m not in available]
+        if bad or not metrics:
+            raise ValueError(f"metrics {bad or list(metrics)} are not available for this workload; "
+                             f"allowed: {list(available)}.")
+        object.__setattr__(self, "metrics", metrics)
+        for rv in self.resolved_variants():
+            try:
+                self.workload.check_config(rv.config)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"variant {rv.name!r}: {e}") from e
+
+    # ------------------------------------------------------------------------------
+    def resolved_variants(self) -> tuple[ResolvedVariant, ...]:
+        return tuple(v.resolve(self.chip) for v in self.variants)
+
+    def replace(self, **changes) -> "Study":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        return tuple(v.name for v in self.variants)
+
+    @property
+    def evaluations(self) -> int:
+        """Instance × time × variant evaluations of the whole study."""
+        return self.instances * len(self.times) * len(self.variants)
+
+    def spec(self) -> dict:
+        """JSON description of everything that determines an instance's results."""
+        return {
+            "format": SPEC_FORMAT,
+            "workload": self.workload.spec(),
+            "chip": self.chip.to_dict(),
+            "device": device_to_dict(self.device),
+            "times_s": list(self.times),
+            "variants": [v.to_dict() for v in self.variants],
+            "metrics": list(self.metrics),
+            "seed": self.seed,
+        }
+
+    def hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of :meth:`spec` in canonical JSON."""
+        return spec_hash(self.spec())
+
+    def describe(self) -> str:
+        lines = [
+            f"study {self.name!r}: {self.instances} instances × {len(self.times)} times × "
+            f"{len(self.variants)} variants ({self.evaluations} evaluations), seed {self.seed}",
+            f"  workload: {self.workload.describe()}",
+            f"  device:   {type(self.device).__name__}(num_devices={self.device.num_devices})",
+            f"  times:    {', '.join(format_time(t) for t in self.times)}",
+            f"  variants: " + "; ".join(
+                f"{v.name} ({', '.join(f'{p}={val}' for p, val in v.chip) or 'base chip'}"
+                f"{', calibrated' if v.calibrate else ''})" for v in self.variants),
+            f"  metrics:  {', '.join(self.metrics)}",
+        ]
+        return "\n".join(lines)
+
+
+def _canonical(obj):
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.ndarray):
+        return _canonical(obj.tolist())
+    return obj
+
+
+def spec_hash(spec: dict) -> str:
+    """SHA-256 (first 16 hex digits) of a spec in canonical JSON (sorted keys)."""
+    text = json.dumps(_canonical(spec), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def spec_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted paths where two specs differ (for the "changed study" message)."""
+    old, new = _canonical(old), _canonical(new)
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            if k not in old or k not in new:
+                out.append(f"{prefix}{k}")
+            else:
+                out.extend(spec_differences(old[k], new[k], f"{prefix}{k}."))
+        return out
+    return [] if old == new else [prefix.rstrip(".") or "<spec>"]
