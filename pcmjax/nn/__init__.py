@@ -1,0 +1,38 @@
+"""Flax (nnx) integration: analog layers, hardware-aware training, deployment, calibration.
+
+::
+
+    import pcmjax as pj
+    from pcmjax import nn as pnn
+
+    model = pnn.MLP(64, (256, 256), 10, rngs=nnx.Rngs(0))      # AnalogLinear layers
+    pnn.train(model, x, y, mode="hwa")                           # hardware-aware training
+    deployed = pnn.deploy(model, key, pj.ChipConfig())           # tiles → cores, programmed
+    print(deployed.report())
+    y_1day = deployed.at_time(key, 86400.0)(x, key)
+    calibrated = pnn.calibrate(deployed, key, x_unlabelled, t=86400.0)
+"""
+
+from pcmjax.nn.calibrate import calibrate, calibration_loss, make_calibrator
+from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan
+from pcmjax.nn.hwa import HWAConfig
+from pcmjax.nn.layers import (
+    MODES,
+    AnalogConv,
+    AnalogLayer,
+    AnalogLinear,
+    InputScale,
+    analog_layers,
+    clip_weights,
+    set_input_scales,
+    set_mode,
+)
+from pcmjax.nn.models import MLP, ResNet9, SmallCNN
+from pcmjax.nn.train import accuracy, deployed_accuracy, predict, train
+
+__all__ = [
+    "AnalogLinear", "AnalogConv", "AnalogLayer", "InputScale", "HWAConfig", "MODES", "set_mode", "clip_weights",
+    "set_input_scales", "analog_layers", "deploy", "plan", "DeployedModel", "Layout", "LayerPlacement",
+    "identity_calibration", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN", "ResNet9",
+    "train", "accuracy", "predict", "deployed_accuracy",
+]

@@ -1,0 +1,100 @@
+"""The context a deployed forward pass runs in: chip state, calibration, key, recorder.
+
+:func:`pcmjax.nn.deploy` clones a network and gives each analog layer a static
+``chip_index``; its forward pass sets a :class:`ChipContext` (a ``contextvars`` variable,
+set and reset inside the traced function, so it is safe under ``jit``/``vmap``/``grad``)
+that the layers in ``"chip"`` mode read to run their tiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+_CTX: contextvars.ContextVar = contextvars.ContextVar("pcmjax_nn_chip", default=None)
+
+# ChipState fields without a core axis.
+_NOT_PER_CORE = ("cfg", "device", "t")
+
+
+@dataclasses.dataclass
+class ChipContext:
+    """What a deployed forward pass needs (``state`` is ``None`` for a digital reference run).
+
+    Attributes:
+      layout: the :class:`pcmjax.nn.deploy.Layout` (static).
+      state: the programmed :class:`pcmjax.ChipState` holding every tile.
+      calibration: per-layer ``gamma``/``beta`` tuples and ``input_scale`` factors.
+      key: a ``jax.random`` key for read and ADC noise.
+      outputs: if a dict, every analog layer stores its output there by ``chip_index``.
+    """
+
+    layout: Any
+    state: Any = None
+    calibration: Any = None
+    key: Any = None
+    outputs: dict | None = None
+
+
+@contextlib.contextmanager
+def use(ctx: ChipContext):
+    token = _CTX.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CTX.reset(token)
+
+
+def record(layer, y):
+    ctx = _CTX.get()
+    if ctx is not None and ctx.outputs is not None and layer.chip_index is not None:
+        ctx.outputs[layer.chip_index] = y
+
+
+def slice_cores(state, start: int, n: int):
+    """The sub-state of cores ``start .. start + n − 1`` (every per-core field sliced)."""
+    changes = {}
+    for f in dataclasses.fields(state):
+        if f.name in _NOT_PER_CORE:
+            continue
+        v = getattr(state, f.name)
+        if hasattr(v, "ndim") and v.ndim >= 1:
+            changes[f.name] = jax.lax.slice_in_dim(v, start, start + n, axis=0)
+    return state.replace(**changes)
+
+
+def chip_matmul(layer, x2d):
+    """``x2d @ layer.matrix()`` on the layer's tiles of the programmed chip.
+
+    The input is scaled into [−1, 1] by the layer's input range (times the calibrated
+    factor), split into row chunks, zero-padded to the tile rows and sent to every tile;
+    row partial sums are added digitally, column chunks concatenated, then the calibrated
+    per-column affine ``γ' y + β'`` is applied.
+    """
+    from pcmjax.chip.mvm import mvm
+
+    ctx = _CTX.get()
+    if ctx is None or ctx.state is None or layer.chip_index is None:
+        raise RuntimeError(
+            "this analog layer is in 'chip' mode but is not running inside a deployed model; "
+            "use pcmjax.nn.deploy(model, key, config) and call the deployed model."
+        )
+    i = layer.chip_index
+    lp = ctx.layout.layers[i]
+    cal = ctx.calibration
+    s = layer.effective_input_scale() * cal["input_scale"][i]
+    xs = x2d / s
+    rows = ctx.layout.rows
+    xt = jnp.stack([jnp.pad(xs[:, a:b], ((0, 0), (0, rows - (b - a)))) for a, b in lp.row_chunks])
+    n_r, n_c = len(lp.row_chunks), len(lp.col_chunks)
+    xt = jnp.repeat(xt, n_c, axis=0)  # tile (r, c) sits on core first_core + r·n_c + c
+    sub = slice_cores(ctx.state, lp.first_core, n_r * n_c)
+    y = mvm(jax.random.fold_in(ctx.key, i), sub, xt)  # [tiles, N, cols]
+    y = jnp.sum(y.reshape(n_r, n_c, *y.shape[1:]), axis=0)
+    y = jnp.concatenate([y[j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)
+    return (y * s) * cal["gamma"][i] + cal["beta"][i]

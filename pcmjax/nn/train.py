@@ -1,0 +1,117 @@
+"""A small optax training loop for analog networks (float or hardware-aware) and accuracy."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from pcmjax.nn.hwa import HWAConfig
+from pcmjax.nn.layers import MODES, clip_weights, set_mode
+
+
+def _loss(model, x, y):
+    logits = model(x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+@nnx.jit
+def _train_step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(_loss)(model, x, y)
+    optimizer.update(model, grads)
+    return loss
+
+
+@nnx.jit
+def _predict(model, x):
+    return jnp.argmax(model(x), axis=-1)
+
+
+def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None, epochs: int = 30,
+          batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
+          optimizer: optax.GradientTransformation | None = None, x_val=None, y_val=None,
+          verbose: bool = False) -> dict:
+    """Train ``model`` in place on ``(x, y)`` with softmax cross-entropy.
+
+    Args:
+      model: an ``nnx.Module`` returning logits.
+      x, y: training inputs ``[N, ...]`` and integer labels ``[N]`` (NumPy or JAX).
+      mode: if given, the mode of every analog layer during training (``"digital"`` or
+        ``"hwa"``); it stays set afterwards.
+      hwa: with ``mode="hwa"``, the :class:`HWAConfig` of every layer (default: each
+        layer's own).
+      epochs, batch_size: passes over the data and examples per step (the last partial
+        batch of an epoch is dropped).
+      learning_rate, weight_decay: AdamW with a cosine-decayed learning rate.
+      seed: shuffling seed.
+      optimizer: an optax transformation replacing the default AdamW.
+      x_val, y_val: optional validation set, evaluated (digitally) after every epoch.
+      verbose: print a line per epoch.
+
+    Returns:
+      ``{"loss": [per epoch], "val_accuracy": [per epoch], "seconds": float}``. In HWA
+      mode the kernels are clipped at the end (:func:`pcmjax.nn.clip_weights`), so the
+      weights deployed are the ones training saw.
+    """
+    if mode is not None:
+        if mode not in MODES or mode == "chip":
+            raise ValueError(f"mode must be 'digital' or 'hwa' for training, got {mode!r}.")
+        set_mode(model, mode, hwa=hwa)
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.int32)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
+    n = x.shape[0]
+    bs = min(int(batch_size), n)
+    steps_per_epoch = n // bs
+    tx = optimizer or optax.adamw(optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch),
+                                  weight_decay=weight_decay)
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    rng = np.random.default_rng(seed)
+    history = {"loss": [], "val_accuracy": []}
+    t0 = time.perf_counter()
+    model.train()
+    for epoch in range(epochs):
+        perm = rng.permutation(n)
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = perm[s * bs:(s + 1) * bs]
+            losses.append(_train_step(model, opt, jnp.asarray(x[idx]), jnp.asarray(y[idx])))
+        history["loss"].append(float(jnp.mean(jnp.stack(losses))))
+        if x_val is not None:
+            history["val_accuracy"].append(accuracy(model, x_val, y_val, mode="digital"))
+        if verbose:
+            val = f", val acc {history['val_accuracy'][-1]:.4f}" if x_val is not None else ""
+            print(f"epoch {epoch + 1}/{epochs}: loss {history['loss'][-1]:.4f}{val}", flush=True)
+    model.eval()
+    if any(getattr(m, "mode", None) == "hwa" for _, m in nnx.iter_modules(model)):
+        clip_weights(model)
+    history["seconds"] = time.perf_counter() - t0
+    return history
+
+
+def predict(model, x, *, mode: str | None = None, batch_size: int = 1024):
+    """Class predictions ``[N]`` of ``model`` (in inference view: frozen statistics)."""
+    view = nnx.view(model, use_running_average=True, raise_if_not_found=False)
+    if mode is not None:
+        view = nnx.view(view, mode=mode)
+    x = np.asarray(x, np.float32)
+    out = [_predict(view, jnp.asarray(x[i:i + batch_size])) for i in range(0, x.shape[0], batch_size)]
+    return np.asarray(jnp.concatenate(out))
+
+
+def accuracy(model, x, y, *, mode: str | None = None, batch_size: int = 1024) -> float:
+    """Fraction of ``x`` classified as ``y`` (``mode``: evaluate in that mode, e.g. digital)."""
+    return float(np.mean(predict(model, x, mode=mode, batch_size=batch_size) == np.asarray(y)))
+
+
+def deployed_accuracy(deployed, key, x, y, *, state=None, calibration=None) -> jax.Array:
+    """Accuracy of a deployed network (``state``/``calibration`` default to its own; jit/vmap-able)."""
+    state = deployed.state if state is None else state
+    calibration = deployed.calibration if calibration is None else calibration
+    logits = deployed.apply(state, calibration, key, x)
+    return jnp.mean(jnp.argmax(logits, axis=-1) == y)
