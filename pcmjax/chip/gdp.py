@@ -1,0 +1,225 @@
+"""Gradient-based choice of the programming targets ("GDP", PHYSICS.md §3).
+
+One-shot programming and program-and-verify each aim every device at its own mapped
+target. Gradient-based programming instead chooses the targets the devices are aimed at
+so that the *matrix-vector products* of the programmed array are as close as possible to
+the ideal ones, at a chosen time after programming, on random inputs:
+
+    minimise over u ∈ [0, 1]^(C×2×R×K)
+        E_{x, ξ} ‖ x · (α(t) · (G⁺(t) − G⁻(t)) / g_max − W*) ‖²
+
+where ``u · g_max`` are the per-sign targets (the optimisation variables, initialised at
+the mapped targets), ``G(t)`` is the device model's programming (one-shot noise, or the
+chip's program-and-verify) followed by drift and accumulated 1/f noise to ``t``, all
+reparameterised (a few fresh standard-normal samples per step, from fixed keys), ``α(t)``
+is the chip's drift compensation (global or per column, from the total conductance as
+the reference read measures it), ``W*`` the mapped weights in units of ``w_max``, and
+``x`` uniform in [−1, 1]. With independent zero-mean inputs the expectation over ``x``
+is exact without sampling: ``E[x²] · ‖E‖²_F`` (``input_batch = 0``, the default). When
+the chip has wire resistance (:mod:`pcmjax.chip.parasitics`), ``G(t)`` is the effective
+conductance of the array, so the targets also pre-compensate the IR drop.
+
+It is an open-loop method: the optimiser knows the device *statistics*, not the noise of
+the devices it will program, so what it can correct is systematic: the bias of clipped
+programming noise near zero, the conductance dependence of the drift exponent (devices of
+low conductance drift faster, and global compensation cannot undo that), the compensation
+scale, and the IR drop. The targets are optimised with ``optax.adam`` and projected on
+``[0, g_max]`` after every step; devices of the polarity that a weight's sign leaves
+RESET stay RESET (HERMES unit-cell strategy).
+
+References:
+  J. Büchel, A. Vasilopoulos, B. Kersting, C. Lammie, K. Brew, T. Philip, N. Saulnier,
+  V. Narayanan, M. Le Gallo, A. Sebastian, "Programming weights to analog in-memory
+  computing cores by direct minimization of the matrix-vector multiplication error",
+  IEEE JETCAS 13, 1052 (2023).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+GDP_STREAM = 0x6D9  # folded into program_chip's key: every other stream stays unchanged
+WRITE_METHODS = ("one_shot", "verify")
+_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class GDPConfig:
+    """Gradient-based programming (``ProgramConfig(method="gdp", gdp=GDPConfig(...))``).
+
+    Attributes:
+      steps: optimiser steps (a few hundred).
+      learning_rate: initial Adam step size, in units of ``g_max`` (cosine decay to 0).
+      samples: programming/drift noise samples per step.
+      times_s: times after programming (s) at which the MVM error is measured; the loss is
+        their mean (e.g. ``(1.0, 3600.0, 86400.0)``).
+      input_batch: random inputs per step; 0 uses the exact expectation over independent
+        uniform inputs in [−1, 1].
+      write: how the chosen targets are written: ``"one_shot"`` or ``"verify"``
+        (program-and-verify with the chip's :class:`ProgramConfig`); the loss models the
+        same method.
+    """
+
+    steps: int = 300
+    learning_rate: float = 0.005
+    samples: int = 2
+    times_s: tuple = (3600.0,)
+    input_batch: int = 0
+    write: str = "one_shot"
+
+    def __post_init__(self):
+        for name, lo, hi in (("steps", 0, 100_000), ("samples", 1, 1024), ("input_batch", 0, 1 << 16)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"program.gdp.{name} must be an integer in {lo}..{hi}, got {v!r}.")
+        lr = self.learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+            raise ValueError(f"program.gdp.learning_rate must be a finite number > 0, got {lr!r}.")
+        times = self.times_s
+        if isinstance(times, (int, float)) and not isinstance(times, bool):
+            times = (float(times),)
+        if isinstance(times, list):
+            times = tuple(times)
+        if (not isinstance(times, tuple) or not times
+                or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t < float("inf")
+                           for t in times)):
+            raise ValueError(f"program.gdp.times_s must be a non-empty tuple of seconds >= 0, got {self.times_s!r}.")
+        object.__setattr__(self, "times_s", tuple(float(t) for t in times))
+        if self.write not in WRITE_METHODS:
+            raise ValueError(f"program.gdp.write must be one of {WRITE_METHODS}, got {self.write!r}.")
+
+
+def _write(key, g_target, device, cfg):
+    """The programming the targets will see (one-shot noise or program-and-verify)."""
+    from pcmjax.chip.program import program_verify
+
+    if not cfg.programming_noise:
+        return g_target
+    if cfg.program.gdp.write == "verify":
+        return program_verify(key, g_target, device, cfg)
+    return device.program(key, g_target)
+
+
+def _effective(g, cfg):
+    """Conductances as the array's MVM sees them (IR drop when configured)."""
+    try:
+        from pcmjax.chip import parasitics
+    except ImportError:  # pragma: no cover - parasitics is optional
+        return g
+    return parasitics.effective_conductances(g, cfg) if parasitics.enabled(cfg) else g
+
+
+def _aged(key, g_prog, g_target, device, cfg, t):
+    """Conductances at ``t`` (drift and accumulated noise as the chip models them)."""
+    k_nu, k_n = jax.random.split(key)
+    if cfg.drift:
+        nu = device.drift_exponent(k_nu, g_target)
+    else:
+        nu = jnp.zeros_like(g_target)
+    if cfg.drift_noise:
+        gt = g_target if device.q_s_from == "target" else None
+        return device.at_time(k_n, g_prog, nu, t, g_target=gt)
+    return g_prog * device.drift_factor(nu, t)
+
+
+def _compensation(g0, gt, mode):
+    """The drift-compensation scale from total conductances at 0 and at ``t``."""
+    if mode == "none":
+        return jnp.ones(g0.shape[:1] + (1, 1, g0.shape[-1]), g0.dtype)
+    axes = (1, 2, 3) if mode == "global" else (1, 2)
+    s0 = jnp.sum(g0, axis=axes, keepdims=True)
+    st = jnp.sum(gt, axis=axes, keepdims=True)
+    ratio = s0 / jnp.maximum(st, _EPS)
+    ratio = ratio if mode == "column" else jnp.broadcast_to(ratio, (g0.shape[0], 1, 1, g0.shape[-1]))
+    return jnp.where(st > _EPS, ratio, 1.0)
+
+
+def mvm_error(key, u, w_star, device, cfg, x=None):
+    """One sample of the GDP loss: mean squared MVM error per output, over ``times_s``.
+
+    Args:
+      key: a ``jax.random`` key (programming, drift and noise samples).
+      u: ``[C, 2, R, K]`` targets divided by ``g_max``.
+      w_star: ``[C, R, K]`` ideal weights in units of ``w_max``.
+      device: device model.
+      cfg: :class:`~pcmjax.ChipConfig` (static).
+      x: ``[C, B, R]`` inputs, or ``None`` for the exact expectation over independent
+        uniform inputs in [−1, 1] (``E[x²] = 1/3``).
+
+    Returns:
+      scalar loss.
+    """
+    g_max = device.g_max
+    g_target = u * g_max
+    k_w, k_0, k_t = jax.random.split(key, 3)
+    g_prog = _write(k_w, g_target, device, cfg)
+    g0 = _effective(_aged(k_0, g_prog, g_target, device, cfg, 0.0), cfg)
+    total = 0.0
+    for i, t in enumerate(cfg.program.gdp.times_s):
+        gt = _effective(_aged(jax.random.fold_in(k_t, i), g_prog, g_target, device, cfg, t), cfg)
+        alpha = _compensation(g0, gt, cfg.drift_compensation)[:, 0]  # [C, 1, K]
+        err = alpha * (gt[:, 0] - gt[:, 1]) / g_max - w_star
+        if x is None:
+            total = total + jnp.mean(jnp.sum(err * err, axis=1)) / 3.0
+        else:
+            y = jnp.einsum("cbr,crk->cbk", x, err)
+            total = total + jnp.mean(jnp.sum(y * y, axis=1)) / x.shape[1]
+    return total / len(cfg.program.gdp.times_s)
+
+
+def optimise_targets(key, g_target, device, cfg, x=None, return_history: bool = False):
+    """Per-sign programming targets that minimise the MVM error (see the module docstring).
+
+    Args:
+      key: a ``jax.random`` key (noise samples and random inputs of the optimisation;
+        independent of the key the devices are then programmed with).
+      g_target: ``[C, 2, R, K]`` mapped targets, µS.
+      device: device model.
+      cfg: :class:`~pcmjax.ChipConfig` whose ``program.gdp`` sets the optimisation.
+      x: optional ``[C, B, R]`` inputs to draw each step's batch from (e.g. the layer's
+        real activations); default: uniform random inputs.
+      return_history: also return the loss of every step.
+
+    Returns:
+      ``[C, 2, R, K]`` targets in ``[0, g_max]``, µS (and ``[steps]`` losses).
+    """
+    p = cfg.program.gdp
+    g_max = device.g_max
+    u0 = jnp.clip(g_target / g_max, 0.0, 1.0)
+    active = g_target > 0
+    w_star = u0[:, 0] - u0[:, 1]
+    # The device model is a constant here: gradients reach the targets only.
+    device = jax.lax.stop_gradient(device)
+    # Cosine decay: the gradients are noisy (a few noise samples per step), so the step
+    # size shrinks to let the targets settle.
+    opt = optax.adam(optax.cosine_decay_schedule(p.learning_rate, max(p.steps, 1)))
+
+    def sample_inputs(k):
+        if x is not None:
+            idx = jax.random.randint(k, (max(p.input_batch, 1),), 0, x.shape[1])
+            return x[:, idx]
+        if p.input_batch == 0:
+            return None
+        return jax.random.uniform(k, (u0.shape[0], p.input_batch, u0.shape[2]), minval=-1.0, maxval=1.0)
+
+    def loss_fn(u, k):
+        k_x, k_n = jax.random.split(k)
+        xb = sample_inputs(k_x)
+        keys = jax.random.split(k_n, p.samples)
+        return jnp.mean(jax.vmap(lambda kk: mvm_error(kk, u, w_star, device, cfg, xb))(keys))
+
+    def step(carry, i):
+        u, opt_state = carry
+        loss, grad = jax.value_and_grad(loss_fn)(u, jax.random.fold_in(key, i))
+        grad = jnp.where(active, grad, 0.0)
+        updates, opt_state = opt.update(grad, opt_state, u)
+        u = jnp.where(active, jnp.clip(optax.apply_updates(u, updates), 0.0, 1.0), 0.0)
+        return (u, opt_state), loss
+
+    (u, _), losses = jax.lax.scan(step, (u0, opt.init(u0)), jnp.arange(p.steps))
+    out = u * g_max
+    return (out, losses) if return_history else out
