@@ -6,11 +6,12 @@ import dataclasses
 from typing import Any
 
 from pcmjax.chip.faults import FaultConfig
+from pcmjax.chip.gdp import GDPConfig
 from pcmjax.periphery.adc import ADCConfig
 from pcmjax.periphery.ldpu import ACTIVATIONS
 from pcmjax.periphery.pwm import PWMConfig
 
-PROGRAM_METHODS = ("one_shot", "verify")
+PROGRAM_METHODS = ("one_shot", "verify", "gdp")
 W_MAX_MODES = ("tile", "column")
 COMPENSATION_MODES = ("none", "global", "column")
 
@@ -64,6 +65,8 @@ class ProgramConfig:
       verify_read_noise: standard deviation of a verify read, fraction of ``g_max``.
       set_spread: relative device-to-device spread of the SET conductance (two-device
         strategy).
+      gdp: :class:`GDPConfig` of ``method="gdp"`` (targets chosen by gradient descent on
+        the MVM error, then written with ``gdp.write``; :mod:`pcmjax.chip.gdp`).
     """
 
     method: str = "one_shot"
@@ -73,6 +76,7 @@ class ProgramConfig:
     step_noise: float = 0.3
     verify_read_noise: float = 0.005
     set_spread: float = 0.1
+    gdp: GDPConfig = GDPConfig()
 
     def __post_init__(self):
         _check_choice("program.method", self.method, PROGRAM_METHODS)
@@ -82,6 +86,10 @@ class ProgramConfig:
         _check_float("program.step_noise", self.step_noise, 0.0, 2.0)
         _check_float("program.verify_read_noise", self.verify_read_noise, 0.0, 1.0)
         _check_float("program.set_spread", self.set_spread, 0.0, 0.5)
+        if isinstance(self.gdp, dict):  # from to_dict() / TOML
+            object.__setattr__(self, "gdp", GDPConfig(**self.gdp))
+        if not isinstance(self.gdp, GDPConfig):
+            raise TypeError(f"program.gdp must be a GDPConfig, got {type(self.gdp).__name__}.")
 
 
 @dataclasses.dataclass(frozen=True)
