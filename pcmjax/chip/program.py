@@ -23,7 +23,8 @@ def program_conductances(key, g_target, device, cfg: ChipConfig):
     """
     if not cfg.programming_noise:
         return g_target
-    if cfg.program.method == "one_shot":
+    method = cfg.program.gdp.write if cfg.program.method == "gdp" else cfg.program.method
+    if method == "one_shot":
         return device.program(key, g_target)
     return program_verify(key, g_target, device, cfg)
 
