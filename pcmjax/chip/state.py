@@ -131,6 +131,10 @@ def _program(key, weights, device, cfg):
     k_prog, k_nu, k_adc, k_ref = jax.random.split(key, 4)
     w_max = weight_scale(weights, cfg)
     g_target = weights_to_targets(weights, w_max, device.g_max)
+    if cfg.program.method == "gdp":  # targets chosen to minimise the MVM error (chip/gdp.py)
+        from pcmjax.chip.gdp import GDP_STREAM, optimise_targets
+
+        g_target = optimise_targets(jax.random.fold_in(key, GDP_STREAM), g_target, device, cfg)
     g_prog = program_conductances(k_prog, g_target, device, cfg)
     if cfg.drift:
         nu = device.drift_exponent(k_nu, g_target)
