@@ -7,6 +7,7 @@ from typing import Any
 
 from pcmjax.chip.faults import FaultConfig
 from pcmjax.chip.gdp import GDPConfig
+from pcmjax.chip.parasitics import ParasiticsConfig
 from pcmjax.periphery.adc import ADCConfig
 from pcmjax.periphery.ldpu import ACTIVATIONS
 from pcmjax.periphery.pwm import PWMConfig
@@ -121,6 +122,7 @@ class ChipConfig:
       gdc_input: amplitude of the all-equal reference input read for drift
         compensation, as a fraction of the ADC's full scale.
       faults: :class:`FaultConfig` (stuck devices, dead columns; default: none).
+      parasitics: :class:`ParasiticsConfig` (wire resistance, IR drop; default: none).
     """
 
     n_cores: int = 64
@@ -142,6 +144,7 @@ class ChipConfig:
     drift_compensation: str = "global"
     gdc_input: float = 0.5
     faults: FaultConfig = FaultConfig()
+    parasitics: ParasiticsConfig = ParasiticsConfig()
 
     def __post_init__(self):
         _check_int("n_cores", self.n_cores, 1, 4096)
@@ -165,6 +168,8 @@ class ChipConfig:
         _check_float("gdc_input", self.gdc_input, 0.0, 1.0, lo_open=True)
         if not isinstance(self.faults, FaultConfig):
             raise TypeError(f"faults must be a FaultConfig, got {type(self.faults).__name__}.")
+        if not isinstance(self.parasitics, ParasiticsConfig):
+            raise TypeError(f"parasitics must be a ParasiticsConfig, got {type(self.parasitics).__name__}.")
 
     # ------------------------------------------------------------------------------
     @classmethod
