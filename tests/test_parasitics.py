@@ -1,0 +1,147 @@
+"""IR drop: kernels, first-order model against an independent float64 nodal solve."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import pcmjax as pj
+from pcmjax.chip.parasitics import ParasiticsConfig, effective_conductances, effective_pair, kb, kw, nodal_solve
+
+R = K = 16
+
+
+def _ref_nodal(gp, gn, v, rw, rb):
+    """Modified nodal analysis with explicit driver and ground nodes (NumPy, float64).
+
+    Nodes: every cell's two input-line nodes and its bit-line node; the drivers (±V_i)
+    and the ADC virtual ground are fixed-voltage nodes eliminated from the system.
+    """
+    gp, gn = gp * 1e-6, gn * 1e-6  # S
+    n_r, n_k = gp.shape
+    node = {}
+    for kind in ("p", "n", "b"):
+        for i in range(n_r):
+            for k in range(n_k):
+                node[(kind, i, k)] = len(node)
+    edges = []  # (a, b, conductance); b may be ("fixed", voltage)
+    for i in range(n_r):
+        for k in range(n_k):
+            edges.append((node[("p", i, k)], node[("b", i, k)], gp[i, k]))
+            edges.append((node[("n", i, k)], node[("b", i, k)], gn[i, k]))
+            if k + 1 < n_k:
+                edges.append((node[("p", i, k)], node[("p", i, k + 1)], 1 / rw))
+                edges.append((node[("n", i, k)], node[("n", i, k + 1)], 1 / rw))
+            if i + 1 < n_r:
+                edges.append((node[("b", i, k)], node[("b", i + 1, k)], 1 / rb))
+        edges.append((node[("p", i, 0)], ("fixed", v[i]), 1 / rw))
+        edges.append((node[("n", i, 0)], ("fixed", -v[i]), 1 / rw))
+    for k in range(n_k):
+        edges.append((node[("b", n_r - 1, k)], ("fixed", 0.0), 1 / rb))
+    n = len(node)
+    Y, rhs = np.zeros((n, n)), np.zeros(n)
+    for a, b, g in edges:
+        Y[a, a] += g
+        if isinstance(b, tuple):
+            rhs[a] += g * b[1]
+        else:
+            Y[b, b] += g
+            Y[a, b] -= g
+            Y[b, a] -= g
+    u = np.linalg.solve(Y, rhs)
+    return np.array([u[node[("b", n_r - 1, k)]] / rb for k in range(n_k)]) * 1e6  # back to V·µS
+
+
+def _array(seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(-1, 1, (R, K))
+    return np.maximum(w, 0) * 20.7, np.maximum(-w, 0) * 20.7, rng.uniform(-1, 1, R)
+
+
+def test_kernels_match_explicit_matrices():
+    v = np.random.default_rng(1).normal(size=(3, 5, 7))
+    i = np.arange(5)
+    kb_mat = 5 - np.maximum(i[:, None], i[None, :])
+    k = np.arange(7)
+    kw_mat = np.minimum(k[:, None], k[None, :]) + 1
+    np.testing.assert_allclose(kb(jnp.asarray(v)), np.einsum("ij,cjk->cik", kb_mat, v), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kw(jnp.asarray(v)), np.einsum("crj,jk->crk", v, kw_mat), rtol=1e-5, atol=1e-5)
+
+
+def test_module_nodal_solve_matches_reference():
+    gp, gn, v = _array()
+    with jax.enable_x64(True):
+        ours = np.asarray(nodal_solve(gp, gn, v, 20.0, 30.0))
+    np.testing.assert_allclose(ours, _ref_nodal(gp, gn, v, 20.0, 30.0), rtol=1e-9, atol=1e-9)
+
+
+# (r_word, r_bit, iterations, bound on max error / max |ideal output|). λ = λ_w + λ_b is
+# about 0.036, 0.18 and 0.35 for 10, 50, 100 Ω on this array; first order errs by ~λ²/5.
+@pytest.mark.parametrize("rw,rb,it,tol", [
+    (10.0, 10.0, 1, 1e-3), (50.0, 50.0, 1, 1e-2), (100.0, 100.0, 1, 3.5e-2), (100.0, 100.0, 2, 3e-3),
+    (100.0, 1e-3, 20, 1e-5), (1e-3, 100.0, 20, 1e-5),
+])
+def test_first_order_against_nodal_solve(rw, rb, it, tol):
+    gp, gn, v = _array()
+    exact = _ref_nodal(gp, gn, v, rw, rb)
+    ideal = v @ (gp - gn)
+    with jax.enable_x64(True):
+        ep, en = effective_pair(jnp.asarray(gp), jnp.asarray(gn), rw, rb, it)
+        model = v @ np.asarray(ep - en)
+    err = np.max(np.abs(model - exact)) / np.max(np.abs(ideal))
+    drop = np.max(np.abs(exact - ideal)) / np.max(np.abs(ideal))
+    assert err < tol
+    assert err < 0.5 * drop  # the model explains most of the IR drop
+
+
+def test_error_grows_with_current_and_distance():
+    # Uniform array, all inputs on: the relative loss of a device grows with its distance
+    # from the driver (column) and from the ADC (row), and with the line current.
+    g = jnp.full((R, K), 10.0)
+    ep, _ = effective_pair(g, jnp.zeros_like(g), 20.0, 20.0)
+    rel = 1 - np.asarray(ep) / 10.0
+    assert np.all(np.diff(rel, axis=1) > 0)  # farther from the driver at column 0
+    assert np.all(np.diff(rel, axis=0) < 0)  # row R−1 is next to the ADC
+    ep2, _ = effective_pair(2 * g, jnp.zeros_like(g), 20.0, 20.0)
+    assert np.all(1 - np.asarray(ep2) / 20.0 > rel)
+
+
+def test_vectorised_over_cores_and_default_off():
+    key = jax.random.key(0)
+    g = jax.random.uniform(key, (3, 2, R, K), maxval=20.0)
+    cfg = pj.ChipConfig(n_cores=3, rows=R, cols=K, parasitics=ParasiticsConfig(5.0, 7.0))
+    out = effective_conductances(g, cfg)
+    for c in range(3):
+        ep, en = effective_pair(g[c, 0], g[c, 1], 5.0, 7.0)
+        np.testing.assert_allclose(out[c, 0], ep, rtol=1e-6)
+        np.testing.assert_allclose(out[c, 1], en, rtol=1e-6)
+    assert not pj.ChipConfig().parasitics.enabled
+
+
+def test_chip_mvm_with_wire_resistance():
+    key = jax.random.key(1)
+    gp, gn, v = _array(2)
+    w = (gp - gn) / 20.7
+    cfg = pj.ChipConfig.ideal(n_cores=1, rows=R, cols=K, parasitics=ParasiticsConfig(50.0, 50.0, 5))
+    st = pj.program_chip(key, jnp.asarray(w[None], jnp.float32), cfg)
+    y = np.asarray(pj.mvm(key, st, jnp.asarray(v[None, None], jnp.float32)))[0, 0]
+    exact = _ref_nodal(gp, gn, v, 50.0, 50.0) / 20.7  # weights in units of w_max = 1
+    scale = np.max(np.abs(v @ w))
+    assert np.max(np.abs(y - exact)) / scale < 2e-3
+
+
+def test_gradients():
+    key = jax.random.key(2)
+    g = jax.random.uniform(key, (2, 4, 5), minval=1.0, maxval=20.0)
+    with jax.enable_x64(True):
+        g64 = jnp.asarray(g, jnp.float64)
+        check_grads(lambda a, b: sum(effective_pair(a, b, 200.0, 300.0, 3)), (g64[0], g64[1]), order=1,
+                    modes=["rev"], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw_", [dict(r_word_line=-1.0), dict(r_bit_line=float("inf")), dict(iterations=0),
+                                 dict(r_word_line="1")])
+def test_validation(kw_):
+    with pytest.raises(ValueError, match="parasitics"):
+        ParasiticsConfig(**kw_)
