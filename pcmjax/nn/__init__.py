@@ -14,7 +14,7 @@
 """
 
 from pcmjax.nn.calibrate import calibrate, calibration_loss, make_calibrator
-from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan
+from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan, tile_weights
 from pcmjax.nn.hwa import HWAConfig
 from pcmjax.nn.layers import (
     MODES,
@@ -33,6 +33,6 @@ from pcmjax.nn.train import accuracy, deployed_accuracy, predict, train
 __all__ = [
     "AnalogLinear", "AnalogConv", "AnalogLayer", "InputScale", "HWAConfig", "MODES", "set_mode", "clip_weights",
     "set_input_scales", "analog_layers", "deploy", "plan", "DeployedModel", "Layout", "LayerPlacement",
-    "identity_calibration", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN", "ResNet9",
+    "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN", "ResNet9",
     "train", "accuracy", "predict", "deployed_accuracy",
 ]

@@ -305,6 +305,11 @@ def clip_weights(model):
     return model
 
 
+@nnx.jit
+def _forward(model, x):
+    return model(x)
+
+
 def set_input_scales(model, x, *, quantile: float | None = None):
     """Measure every analog layer's input range on ``x`` (one digital forward pass).
 
@@ -325,7 +330,7 @@ def set_input_scales(model, x, *, quantile: float | None = None):
             if quantile is not None:
                 layer.hwa = layer.hwa.replace(input_scale_quantile=quantile)
             layer.input_scale[...] = jnp.zeros((), jnp.float32)  # first update copies the statistic
-        model(x)
+        _forward(model, jnp.asarray(x))
     finally:
         for layer, (mode, ura, hwa) in zip(layers, saved):
             layer.mode, layer.use_running_average, layer.hwa = mode, ura, hwa

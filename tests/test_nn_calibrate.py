@@ -1,0 +1,70 @@
+"""Calibration through the simulated chip: gradients reach γ'/β'/input ranges, the loss falls."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import pcmjax as pj
+from pcmjax import nn as pnn
+
+
+class TwoLayer(nnx.Module):
+    def __init__(self, rngs):
+        self.l1 = pnn.AnalogLinear(20, 16, rngs=rngs)
+        self.l2 = pnn.AnalogLinear(16, 8, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jax.nn.relu(self.l1(x)))
+
+
+@pytest.fixture(scope="module")
+def aged():
+    model = TwoLayer(nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(2), (64, 20), minval=-1, maxval=1)
+    pnn.set_input_scales(model, x)
+    model.eval()
+    dep = pnn.deploy(model, jax.random.key(3), pj.ChipConfig())
+    return dep.at_time(jax.random.key(4), 3.15e7), x
+
+
+def test_gradients_reach_every_calibration_parameter(aged):
+    dep, x = aged
+    _, ref = dep.reference(x, record=True)
+
+    def loss(cal):
+        _, outs = dep.apply(dep.state, cal, jax.random.key(0), x, record=True)
+        return sum(jnp.mean((outs[i] - ref[i]) ** 2) for i in range(2))
+
+    grads = jax.jit(jax.grad(loss))(dep.calibration)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert np.all(np.isfinite(g)), path
+        assert float(jnp.max(jnp.abs(g))) > 0, path
+
+
+def test_calibration_lowers_its_loss(aged):
+    dep, x = aged
+    key = jax.random.key(5)
+    before = float(pnn.calibration_loss(dep, key, x))
+    cal = pnn.calibrate(dep, jax.random.key(6), x, steps=60, learning_rate=2e-2, batch_size=32)
+    after = float(pnn.calibration_loss(cal, key, x))
+    losses = np.asarray(cal.calibration_losses)
+    assert losses.shape == (60,) and np.all(np.isfinite(losses))
+    assert after < 0.7 * before
+    assert np.mean(losses[-10:]) < np.mean(losses[:5])
+    assert cal.t == pytest.approx(dep.t)  # no t given: calibrated at the model's own time
+    # The identity calibration changes nothing.
+    y0 = dep(x, key)
+    y1 = dep.apply(dep.state, pnn.identity_calibration(dep.layout), key, x)
+    np.testing.assert_allclose(y0, y1)
+
+
+def test_calibrate_errors(aged):
+    dep, x = aged
+    with pytest.raises(TypeError, match="DeployedModel"):
+        pnn.calibrate("model", jax.random.key(0), x)
+    with pytest.raises(ValueError, match="steps"):
+        pnn.calibrate(dep, jax.random.key(0), x, steps=0)
+    with pytest.raises(ValueError, match="data"):
+        pnn.calibrate(dep, jax.random.key(0), jnp.ones((3,)))
