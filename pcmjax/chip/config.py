@@ -8,6 +8,7 @@ from typing import Any
 from pcmjax.chip.faults import FaultConfig
 from pcmjax.chip.gdp import GDPConfig
 from pcmjax.chip.parasitics import ParasiticsConfig
+from pcmjax.chip.temperature import TemperatureConfig
 from pcmjax.periphery.adc import ADCConfig
 from pcmjax.periphery.ldpu import ACTIVATIONS
 from pcmjax.periphery.pwm import PWMConfig
@@ -123,6 +124,7 @@ class ChipConfig:
         compensation, as a fraction of the ADC's full scale.
       faults: :class:`FaultConfig` (stuck devices, dead columns; default: none).
       parasitics: :class:`ParasiticsConfig` (wire resistance, IR drop; default: none).
+      temperature: :class:`TemperatureConfig` (default: the reference temperature).
     """
 
     n_cores: int = 64
@@ -145,6 +147,7 @@ class ChipConfig:
     gdc_input: float = 0.5
     faults: FaultConfig = FaultConfig()
     parasitics: ParasiticsConfig = ParasiticsConfig()
+    temperature: TemperatureConfig = TemperatureConfig()
 
     def __post_init__(self):
         _check_int("n_cores", self.n_cores, 1, 4096)
@@ -170,6 +173,8 @@ class ChipConfig:
             raise TypeError(f"faults must be a FaultConfig, got {type(self.faults).__name__}.")
         if not isinstance(self.parasitics, ParasiticsConfig):
             raise TypeError(f"parasitics must be a ParasiticsConfig, got {type(self.parasitics).__name__}.")
+        if not isinstance(self.temperature, TemperatureConfig):
+            raise TypeError(f"temperature must be a TemperatureConfig, got {type(self.temperature).__name__}.")
 
     # ------------------------------------------------------------------------------
     @classmethod
