@@ -184,6 +184,10 @@ def _aged(state: ChipState, key, t):
         var = (dev.read_sigma(g, cfg.read_interval_s, g_target=g_target) / dev.g_max) ** 2
     else:
         var = jnp.zeros_like(g)
+    if cfg.temperature.enabled:  # away from the reference temperature (chip/temperature.py)
+        from pcmjax.chip import temperature
+
+        g, var = temperature.apply(g, var, state.g_target, state.nu, t, dev.t0, dev.g_max, cfg.temperature)
     if cfg.parasitics.enabled:  # wire resistance: the array's effective conductances
         from pcmjax.chip.parasitics import effective_conductances
 
