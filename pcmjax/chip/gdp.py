@@ -23,7 +23,8 @@ It is an open-loop method: the optimiser knows the device *statistics*, not the 
 the devices it will program, so what it can correct is systematic: the bias of clipped
 programming noise near zero, the conductance dependence of the drift exponent (devices of
 low conductance drift faster, and global compensation cannot undo that), the compensation
-scale, and the IR drop. The targets are optimised with ``optax.adam`` and projected on
+scale, the IR drop, and the state dependence of the temperature coefficients
+(:mod:`pcmjax.chip.temperature`) when configured. The targets are optimised with ``optax.adam`` and projected on
 ``[0, g_max]`` after every step; devices of the polarity that a weight's sign leaves
 RESET stay RESET (HERMES unit-cell strategy).
 
@@ -122,8 +123,15 @@ def _aged(key, g_prog, g_target, device, cfg, t):
         nu = jnp.zeros_like(g_target)
     if cfg.drift_noise:
         gt = g_target if device.q_s_from == "target" else None
-        return device.at_time(k_n, g_prog, nu, t, g_target=gt)
-    return g_prog * device.drift_factor(nu, t)
+        g = device.at_time(k_n, g_prog, nu, t, g_target=gt)
+    else:
+        g = g_prog * device.drift_factor(nu, t)
+    tc = getattr(cfg, "temperature", None)
+    if tc is not None and tc.enabled:
+        from pcmjax.chip import temperature
+
+        g, _ = temperature.apply(g, jnp.zeros_like(g), g_target, nu, t, device.t0, device.g_max, tc)
+    return g
 
 
 def _compensation(g0, gt, mode):
