@@ -24,9 +24,9 @@ the devices it will program, so what it can correct is systematic: the bias of c
 programming noise near zero, the conductance dependence of the drift exponent (devices of
 low conductance drift faster, and global compensation cannot undo that), the compensation
 scale, the IR drop, and the state dependence of the temperature coefficients
-(:mod:`pcmjax.chip.temperature`) when configured. The targets are optimised with ``optax.adam`` and projected on
-``[0, g_max]`` after every step; devices of the polarity that a weight's sign leaves
-RESET stay RESET (HERMES unit-cell strategy).
+(:mod:`pcmjax.chip.temperature`) when configured. The targets are optimised with
+``optax.adam`` and projected on ``[0, g_max]`` after every step; devices of the polarity
+that a weight's sign leaves RESET stay RESET (HERMES unit-cell strategy).
 
 References:
   J. Büchel, A. Vasilopoulos, B. Kersting, C. Lammie, K. Brew, T. Philip, N. Saulnier,
