@@ -1,0 +1,98 @@
+"""Execute every tutorial notebook (notebooks/*.ipynb) and check its time budget.
+
+The notebooks run in a Jupyter kernel of *this* interpreter (the venv that runs the tests):
+a kernelspec pointing at ``sys.executable`` is written to a temporary directory placed
+first on ``JUPYTER_PATH``, so a ``python3`` kernelspec installed elsewhere for another
+interpreter cannot be picked up by mistake, and nothing needs to be installed.
+
+Time budget: each notebook must run in under ``BUDGET_S`` seconds on a CPU. The kernel's
+own CPU time (user + system, all threads) is checked against the budget as is; the
+wall-clock time is checked against the budget scaled by how oversubscribed the machine
+was (load average / CPU count, at least 1), because the test machines are shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+kernelspec = pytest.importorskip("jupyter_client.kernelspec")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+BUDGET_S = 120.0
+KERNEL = "pcmjax-tests"
+
+_CPU_PROBE = """\
+import json as _json, resource as _resource
+_r = _resource.getrusage(_resource.RUSAGE_SELF)
+print(_json.dumps({"kernel_cpu_s": _r.ru_utime + _r.ru_stime}))
+"""
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory):
+    """A kernelspec for this interpreter, first on JUPYTER_PATH, with MPLBACKEND=Agg."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec_dir = root / "kernels" / KERNEL
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (pcmjax tests)",
+        "language": "python",
+        "env": {"MPLBACKEND": "Agg"},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", os.pathsep.join([str(root), os.environ.get("JUPYTER_PATH", "")]).rstrip(os.pathsep))
+        mp.setenv("MPLBACKEND", "Agg")
+        found = kernelspec.KernelSpecManager().get_kernel_spec(KERNEL)
+        assert found.argv[0] == sys.executable, found.argv
+        yield KERNEL
+
+
+def test_notebooks_exist():
+    names = {p.name for p in NOTEBOOKS}
+    assert {"01_device_models.ipynb", "02_chip_mvm.ipynb"} <= names, names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name}: cell {i} is stored with outputs"
+            assert cell.execution_count is None, f"{path.name}: cell {i} is stored with an execution count"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_within_budget(path, kernel_name):
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(_CPU_PROBE))
+    client = nbclient.NotebookClient(
+        nb, kernel_name=kernel_name, timeout=600, allow_errors=False,
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    start = time.perf_counter()
+    client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+    wall_s = time.perf_counter() - start
+
+    probe = nb.cells[-1].outputs
+    text = "".join(o.get("text", "") for o in probe if o.get("output_type") == "stream")
+    cpu_s = json.loads(text.strip().splitlines()[-1])["kernel_cpu_s"]
+    oversubscription = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+    print(f"{path.name}: wall {wall_s:.1f} s, kernel CPU {cpu_s:.1f} s, load/CPUs {oversubscription:.2f}")
+    assert cpu_s < BUDGET_S, f"{path.name} used {cpu_s:.1f} s of CPU, budget {BUDGET_S:.0f} s"
+    assert wall_s < BUDGET_S * oversubscription, (
+        f"{path.name} took {wall_s:.1f} s wall-clock, budget {BUDGET_S:.0f} s × {oversubscription:.2f} (machine load)"
+    )
