@@ -19,8 +19,10 @@ is exact without sampling: ``E[x²] · ‖E‖²_F`` (``input_batch = 0``, the d
 the chip has wire resistance (:mod:`pcmjax.chip.parasitics`), ``G(t)`` is the effective
 conductance of the array, so the targets also pre-compensate the IR drop.
 
-It is an open-loop method: the optimiser knows the device *statistics*, not the noise of
-the devices it will program, so what it can correct is systematic: the bias of clipped
+Büchel et al. run the descent on the chip itself, on measured MVM outputs (closed loop).
+Here it runs on the model (open loop) and is followed by an ordinary write: the optimiser
+knows the device *statistics*, not the noise of the devices it will program, so what it
+can correct is systematic: the bias of clipped
 programming noise near zero, the conductance dependence of the drift exponent (devices of
 low conductance drift faster, and global compensation cannot undo that), the compensation
 scale, the IR drop, and the state dependence of the temperature coefficients
@@ -29,10 +31,8 @@ scale, the IR drop, and the state dependence of the temperature coefficients
 that a weight's sign leaves RESET stay RESET (HERMES unit-cell strategy).
 
 References:
-  J. Büchel, A. Vasilopoulos, B. Kersting, C. Lammie, K. Brew, T. Philip, N. Saulnier,
-  V. Narayanan, M. Le Gallo, A. Sebastian, "Programming weights to analog in-memory
-  computing cores by direct minimization of the matrix-vector multiplication error",
-  IEEE JETCAS 13, 1052 (2023).
+  J. Büchel et al., "Programming weights to analog in-memory computing cores by direct
+  minimization of the matrix-vector multiplication error", IEEE JETCAS 13 (2023).
 """
 
 from __future__ import annotations

@@ -45,10 +45,10 @@ segment. All functions are vectorised over leading (core, instance) axes and
 differentiable.
 
 References:
-  IR drop in resistive crossbars, e.g. Chen et al., "Mitigating effects of non-ideal
-  synaptic device characteristics for on-chip learning", ICCAD 2015; Jain et al.,
-  "RxNN: a framework for evaluating deep neural networks on resistive crossbars",
-  IEEE TCAD 40, 326 (2021).
+  S. Jain, A. Sengupta, K. Roy, A. Raghunathan, "RxNN: a framework for evaluating deep
+  neural networks on resistive crossbars", IEEE TCAD 40, 326 (2021); S. Jain,
+  A. Raghunathan, "CxDNN: hardware-software compensation methods for deep neural networks
+  on resistive crossbar systems", ACM TECS 18 (2019).
 """
 
 from __future__ import annotations

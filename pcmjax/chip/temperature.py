@@ -53,7 +53,7 @@ References:
   al., "Role of activation energy in resistance drift of amorphous phase change
   materials", Front. Phys. 2, 75 (2014); R. S. Khan et al., "Resistance drift in
   Ge₂Sb₂Te₅ phase change memory line cells at low temperatures and its response to
-  photoexcitation" (2021); I. Boybat et al., "Temperature sensitivity of analog in-memory
+  photoexcitation", Appl. Phys. Lett. 116 (2020); I. Boybat et al., "Temperature sensitivity of analog in-memory
   computing using phase-change memory", IEEE IEDM 2021; F. N. Hooge, "1/f noise is no
   surface effect", Phys. Lett. A 29, 139 (1969).
 """
