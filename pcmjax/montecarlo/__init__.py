@@ -17,8 +17,17 @@ calibrated). :func:`run_study` writes per-chunk files so an interrupted run cont
 where it stopped, then ``results.npz``, ``summary.json``/``.csv`` and figures.
 """
 
+from pcmjax.montecarlo.config import ConfigError, StudyConfig, default_study, load_study_file, study_from_dict
+from pcmjax.montecarlo.network import (
+    NetworkWorkload,
+    build_network,
+    cache_dir,
+    default_network,
+    load_network,
+    save_network,
+)
 from pcmjax.montecarlo.results import Results, load_results
-from pcmjax.montecarlo.runner import choose_chunk, instance_function, make_mesh, run_study
+from pcmjax.montecarlo.runner import choose_chunk, enable_compilation_cache, instance_function, make_mesh, run_study
 from pcmjax.montecarlo.store import StudyMismatchError
 from pcmjax.montecarlo.study import (
     DAY,
@@ -39,5 +48,7 @@ from pcmjax.montecarlo.workloads import MVMWorkload, Workload, fit_column_affine
 __all__ = [
     "Study", "Variant", "ResolvedVariant", "DEFAULT_VARIANTS", "Workload", "MVMWorkload", "run_study",
     "Results", "load_results", "StudyMismatchError", "log_times", "format_time", "make_mesh", "choose_chunk",
-    "instance_function", "relative_error", "fit_column_affine", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR",
+    "instance_function", "relative_error", "fit_column_affine", "enable_compilation_cache", "NetworkWorkload",
+    "build_network", "save_network", "load_network", "default_network", "cache_dir", "ConfigError", "StudyConfig",
+    "default_study", "load_study_file", "study_from_dict", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR",
 ]

@@ -1,27 +1,30 @@
-"""The study runner: vmapped, chunked, sharded, resumable.
+"""The study runner: vmapped, chunked, sharded over devices, resumable.
 
-One compiled function evaluates a *chunk* of chip instances: ``jax.vmap`` over their
-instance ids (instance ``i`` uses ``fold_in(key(seed), i)``), inside it ``jax.vmap`` over
-the times and, for every variant, the workload's ``evaluate``. All variants are traced
-into the same computation, so the work they share (programming, ageing the
-conductances) is computed once per instance by XLA's common-subexpression elimination;
-compiling them separately measured about three times the compile time and more than
-twice the run time on the default study.
+One function evaluates one chip instance (:func:`instance_function`): instance ``i`` uses
+``fold_in(key(seed), i)``; ``jax.vmap`` runs the workload's ``evaluate`` over the times
+and, for every variant, traces it into the same computation, so the work variants share
+(programming, ageing the conductances) is computed once by XLA's common-subexpression
+elimination (compiling variants separately measured about three times the compile time
+and more than twice the run time).
 
-The instance axis is sharded over a one-dimensional :class:`jax.sharding.Mesh` of all
-devices (``NamedSharding(mesh, P("instances"))``); inputs (weights, data sets, device
-parameters) are replicated. Chunks are sized from a memory budget using a trace-time
-estimate of one instance's peak memory (:mod:`pcmjax.montecarlo._memory`).
+On a device, instances run in groups of ``width`` (``jax.vmap`` over instance ids; the
+width is sized from a memory budget using a trace-time estimate of one instance's peak
+memory, :mod:`pcmjax.montecarlo._memory`), in a loop over the groups of the chunk.
+Chunks are sharded over a one-dimensional :class:`jax.sharding.Mesh` of the devices
+(instance axis ``"instances"``, ``NamedSharding(mesh, P("instances"))``); inputs are
+replicated. Each chunk is written to the output folder as soon as it is done.
 
-Reproducibility: an instance's results depend on ``(seed, i)`` only. A chunk is padded
-to a multiple of the device count and to at least two instances per device, because XLA
-compiles a batch of one differently and the last bit of some results then changes; with
-that, results are bit-identical for any chunk size and device count (tested).
+Reproducibility: an instance's results depend on ``(seed, i)`` and the vmap width only,
+and are bit-identical for any chunk size and device count: the loop over groups has a
+runtime trip count, so its body (the only code touching an instance) is the same
+whatever the chunk size, and every device runs the same executable
+(:mod:`pcmjax.montecarlo._executor`). The width is recorded in the manifest and reused
+when a run resumes.
 
 Several hosts: start every process with the same command after
-``jax.distributed.initialize(...)`` (or set ``--distributed`` on the CLI, which calls
-it with the environment's cluster settings); the mesh then spans every process's
-devices, each process supplies its shards of the instance ids, results are gathered with
+``jax.distributed.initialize(...)`` (``pcmjax study --distributed`` calls it with the
+cluster's environment settings); the mesh then spans every process's devices, each
+process runs its addressable shards, results are gathered with
 ``multihost_utils.process_allgather`` and only process 0 writes files. The output folder
 must be on a filesystem all processes see.
 """
@@ -37,19 +40,30 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from pcmjax.montecarlo import _memory
+from pcmjax.montecarlo._executor import MeshExecutor
 from pcmjax.montecarlo.results import Results
 from pcmjax.montecarlo.store import RunFolder, atomic_write_bytes, atomic_write_text
 from pcmjax.montecarlo.study import Study
 
 AXIS = "instances"
-MIN_PER_DEVICE = 2  # see the module docstring (bit-identical results)
-MAX_PER_DEVICE = 64  # beyond this, larger chunks stop paying off and resumption gets coarse
-MIN_CHUNKS = 4  # with the automatic size, split a run into at least this many chunks ...
-MIN_AUTO_PER_DEVICE = 8  # ... unless chunks would fall below this many instances per device
+MAX_WIDTH = 8  # instances vmapped together on one device
+GROUPS_PER_CHUNK = 4  # default chunk: this many groups per device ...
+MIN_CHUNKS = 4  # ... but split a run into at least this many chunks
 HIST_BINS = 60
+
+
+def enable_compilation_cache(path=None) -> str:
+    """Cache compiled programs on disk (``$PCMJAX_CACHE/xla`` by default), so that running
+    or resuming the same study again skips most of the compilation. Returns the folder."""
+    from pcmjax.montecarlo.network import cache_dir
+
+    folder = str(cache_dir() / "xla" if path is None else path)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return folder
 
 
 # -- the compiled chunk function ------------------------------------------------------
@@ -112,28 +126,75 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: int,
-                 chunk_size: int | None = None, n_local_devices: int | None = None) -> tuple[int, int]:
-    """``(instances per chunk, padded batch)`` for ``n_todo`` instances.
+                 chunk_size: int | None = None, n_local_devices: int | None = None,
+                 width: int | None = None) -> tuple[int, int, int]:
+    """``(instances per chunk, batch capacity, vmap width)`` for ``n_todo`` instances.
 
-    With ``chunk_size`` given, chunks hold exactly that many instances. Otherwise the
-    largest per-device batch within ``budget`` (bytes per process), at most
-    ``MAX_PER_DEVICE``, split so that the run has at least ``MIN_CHUNKS`` chunks while
-    chunks keep ``MIN_AUTO_PER_DEVICE`` instances per device, and balanced.
+    The *width* is how many instances one device evaluates at once with ``jax.vmap``:
+    the most that fit in ``budget`` (bytes per process, shared by its devices), at most
+    ``MAX_WIDTH``. A chunk (the unit of progress and of the files written) holds
+    ``chunk_size`` instances, by default ``GROUPS_PER_CHUNK`` groups of ``width`` per
+    device, fewer when that would leave less than ``MIN_CHUNKS`` chunks. The batch
+    capacity is the chunk rounded up to whole groups on every device (at least two); a
+    device runs only the groups that hold instances.
     """
     n_local = n_devices if n_local_devices is None else n_local_devices
+    if width is None:
+        width = int(max(1, min(MAX_WIDTH, budget // max(1, bytes_per_instance * n_local))))
+    unit = width * n_devices
     if chunk_size is not None:
         per_chunk = int(chunk_size)
     else:
-        fit = budget // max(1, bytes_per_instance * n_local)
-        per_dev = int(max(MIN_PER_DEVICE, min(MAX_PER_DEVICE, fit)))
-        want = math.ceil(n_todo / MIN_CHUNKS / n_devices)
-        per_dev = max(min(per_dev, MIN_AUTO_PER_DEVICE), min(per_dev, want))
-        per_chunk = per_dev * n_devices
-        n_chunks = max(1, math.ceil(n_todo / per_chunk))
-        per_chunk = math.ceil(math.ceil(n_todo / n_chunks) / n_devices) * n_devices
+        per_chunk = min(unit * GROUPS_PER_CHUNK, max(unit, math.ceil(n_todo / MIN_CHUNKS / unit) * unit))
     per_chunk = max(1, min(per_chunk, max(1, n_todo)))
-    batch = max(math.ceil(per_chunk / n_devices) * n_devices, MIN_PER_DEVICE * n_devices)
-    return per_chunk, batch
+    # At least two groups of room per device: with room for one only, XLA simplifies the
+    # loop's output update and the instance code is compiled differently.
+    groups_per_device = max(2, math.ceil(math.ceil(per_chunk / width) / n_devices))
+    return per_chunk, groups_per_device * width * n_devices, width
+
+
+def layout_chunk(ids: np.ndarray, batch: int, n_devices: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Place a chunk's instance ids in the batch: groups of ``width`` dealt to the devices
+    in turn, each device's groups first in its block; free slots hold −1.
+
+    Returns:
+      ``(padded ids [batch], position of each id in the batch)``.
+    """
+    block = batch // n_devices
+    padded = np.full(batch, -1, np.int64)
+    pos = np.empty(ids.size, np.int64)
+    fill = [0] * n_devices
+    for j, start in enumerate(range(0, ids.size, width)):
+        k = j % n_devices
+        g = ids[start:start + width]
+        p0 = k * block + fill[k]
+        if fill[k] + width > block:
+            raise ValueError(f"a chunk of {ids.size} instances does not fit a batch of {batch}.")
+        padded[p0:p0 + g.size] = g
+        pos[start:start + g.size] = np.arange(p0, p0 + g.size)
+        fill[k] += width
+    return padded, pos
+
+
+def device_function(one, width: int):
+    """The per-device program: a loop over the groups of ``width`` ids that hold
+    instances (the count is a runtime value, so the loop body, the only code that
+    touches an instance, is the same for any chunk size), each group ``jax.vmap``-ed."""
+    group = jax.vmap(one, in_axes=(None, None, None, None, 0))
+
+    def per_device(data, device, seed, times, ids):
+        n_valid = (jnp.sum(ids >= 0) + width - 1) // width
+        shapes = jax.eval_shape(group, data, device, seed, times, ids[:width])
+        out0 = jax.tree.map(lambda s: jnp.zeros((ids.shape[0], *s.shape[1:]), s.dtype), shapes)
+
+        def body(g, out):
+            idx = jnp.maximum(jax.lax.dynamic_slice_in_dim(ids, g * width, width), 0)
+            res = group(data, device, seed, times, idx)
+            return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, g * width, 0), out, res)
+
+        return jax.lax.fori_loop(0, n_valid, body, out0)
+
+    return per_device
 
 
 class _Progress:
@@ -179,7 +240,7 @@ def _host(x):
 
 # -- the run -------------------------------------------------------------------------
 def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None = None, memory_budget=None,
-              devices=None, quiet: bool = False, plots: bool = True) -> Results:
+              devices=None, quiet: bool = False, plots: bool = True, vmap_width: int | None = None) -> Results:
     """Run (or resume) ``study``, writing its results into ``output``.
 
     Args:
@@ -194,6 +255,8 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
       devices: devices to shard instances over: ``None`` (all), a count, or a list.
       quiet: no progress bar or messages.
       plots: write PNG figures (needs matplotlib).
+      vmap_width: instances one device evaluates at once (default: from
+        ``memory_budget``, at most ``MAX_WIDTH``).
 
     Returns:
       the :class:`Results`; ``results.histograms`` holds the conductance histograms and
@@ -211,8 +274,9 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
     folder = RunFolder(output) if output is not None else None
     shape = (len(study.times), len(study.variants), len(study.metrics))
     done: dict[int, tuple] = {}
+    manifest: dict = {}
     if folder is not None:
-        folder.open(study, write=writer)
+        manifest = folder.open(study, write=writer)
         done = {i: v for i, v in folder.load_done(shape).items() if i < study.instances}
     todo = np.asarray([i for i in range(study.instances) if i not in done], np.int64)
 
@@ -232,25 +296,22 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
         times = np.asarray(study.times, np.float32)
         one = instance_function(study)
         per_instance = _memory.estimate_peak_bytes(one, data, study.device, seed, times, np.int32(0))
-        per_chunk, batch = choose_chunk(todo.size, n_dev, per_instance, budget, chunk_size, n_local)
-        info.update(chunk_size=per_chunk, batch=batch, bytes_per_instance_estimate=per_instance,
+        if vmap_width is None and manifest.get("vmap_width"):
+            vmap_width = int(manifest["vmap_width"])  # resume bit-identically
+        per_chunk, batch, width = choose_chunk(todo.size, n_dev, per_instance, budget, chunk_size, n_local,
+                                               vmap_width)
+        info.update(chunk_size=per_chunk, batch=batch, vmap_width=width, bytes_per_instance_estimate=per_instance,
                     memory_budget=budget)
-        log(f"  running:  {todo.size} instances in chunks of {per_chunk} (batch {batch}) on {n_dev} "
-            f"{jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per instance, "
-            f"budget {_memory.format_bytes(budget)}")
-        repl = NamedSharding(mesh, PartitionSpec())
-        shard = NamedSharding(mesh, PartitionSpec(AXIS))
-        fn = jax.jit(jax.vmap(one, in_axes=(None, None, None, None, 0)),
-                     in_shardings=(repl, repl, repl, repl, shard), out_shardings=shard)
-        args = jax.device_put((data, study.device, seed, times), repl)
-
-        def ids_array(ids):
-            padded = np.concatenate([ids, np.full(batch - ids.size, ids[-1], np.int64)]).astype(np.int32)
-            return jax.make_array_from_callback((batch,), shard, lambda idx: padded[idx])
+        if folder is not None and writer and manifest.get("vmap_width") != width:
+            folder.update_manifest(vmap_width=width)
+        log(f"  running:  {todo.size} instances in chunks of {per_chunk} (batch {batch}, {width} at once per "
+            f"device) on {n_dev} {jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per "
+            f"instance, budget {_memory.format_bytes(budget)}")
+        per_device = device_function(one, width)
 
         t0 = time.perf_counter()
         log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
-        compiled = fn.lower(*args, ids_array(todo[:1])).compile()
+        run_chunk = MeshExecutor(per_device, mesh, (data, study.device, seed, times), batch, AXIS)
         info["compile_s"] = time.perf_counter() - t0
         log(f"  compiled in {info['compile_s']:.1f} s")
 
@@ -260,11 +321,15 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
         pending = None  # dispatch the next chunk before fetching the previous one
         try:
             for ids in [*chunks, None]:
-                nxt = None if ids is None else (ids, compiled(*args, ids_array(ids)))
+                if ids is None:
+                    nxt = None
+                else:
+                    padded, pos = layout_chunk(ids, batch, n_dev, width)
+                    nxt = (ids, pos, run_chunk(padded))
                 if pending is not None:
-                    p_ids, p_out = pending
-                    values = _host(p_out["values"])[: p_ids.size]
-                    hist = _host(p_out["hist"])[: p_ids.size]
+                    p_ids, p_pos, p_out = pending
+                    values = _host(p_out["values"])[p_pos]
+                    hist = _host(p_out["hist"])[p_pos]
                     if folder is not None and writer:
                         folder.write_chunk(p_ids, values, hist)
                     done.update(zip(p_ids.tolist(), zip(values, hist)))

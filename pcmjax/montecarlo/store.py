@@ -101,12 +101,20 @@ class RunFolder:
             "variants": list(study.variant_names),
             "metrics": list(study.metrics),
             "created": (old or {}).get("created", time.strftime("%Y-%m-%dT%H:%M:%S")),
+            "vmap_width": (old or {}).get("vmap_width"),
             "spec": spec,
         }
         if write:
             self.chunk_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+    def update_manifest(self, **fields) -> dict:
+        """Set fields of an existing manifest (e.g. the vmap width a run used)."""
+        m = self.manifest() or {}
+        m.update(fields)
+        atomic_write_text(self.path / MANIFEST, json.dumps(m, indent=2) + "\n")
+        return m
 
     def chunk_files(self) -> list[Path]:
         if not self.chunk_dir.exists():

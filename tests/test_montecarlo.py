@@ -1,0 +1,380 @@
+"""Monte Carlo studies: specs and hashes, chunking, results, summaries, and the runner.
+
+The runner tests share one tiny raw-MVM study (2 cores of 32×32, 64 instances, 3 times,
+2 variants) and a persistent compilation cache, so that equal programs (the same
+per-device batch) compile once for the whole module, including its subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import pcmjax as pj
+from pcmjax import montecarlo as mc
+from pcmjax.montecarlo import _memory, config, runner
+from pcmjax.montecarlo.results import Results
+from pcmjax.montecarlo.study import spec_differences
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_TOML = """\
+[study]
+name = "tiny"
+instances = 64
+seed = 3
+times = ["1 s", "1 h", "1 year"]
+
+[workload]
+kind = "mvm"
+cores = 2
+rows = 32
+cols = 32
+batch = 8
+calibration_batch = 8
+
+[chip]
+n_cores = 2
+rows = 32
+cols = 32
+
+[variants.none]
+drift_compensation = "none"
+
+[variants.calibrated]
+drift_compensation = "global"
+calibrate = true
+
+[run]
+chunk_size = 7
+"""
+
+
+def tiny_study(**changes) -> mc.Study:
+    st = config.study_from_dict(__import__("tomllib").loads(TINY_TOML)).study
+    return st.replace(**changes) if changes else st
+
+
+def subprocess_env(cache_dir, devices=1):
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONPATH=str(ROOT))
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    return env
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+    """A persistent compilation cache for this module (and its subprocesses)."""
+    from jax._src import compilation_cache
+
+    path = tmp_path_factory.getbasetemp() / "pcmjax-xla-cache"  # shared with tests/test_cli.py
+    path.mkdir(exist_ok=True)
+    old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    compilation_cache.reset_cache()
+    yield path
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def reference(xla_cache):
+    """The tiny study, uninterrupted, with chunks of 7 (in memory)."""
+    return mc.run_study(tiny_study(), None, chunk_size=7, quiet=True)
+
+
+# -- specs, variants, times ----------------------------------------------------------
+def test_variant_normalises_and_validates():
+    v = mc.Variant("low-adc", {"adc": {"bits": 6}, "drift_compensation": "none"})
+    assert v.chip == (("adc.bits", 6), ("drift_compensation", "none"))
+    assert v.overrides() == {"adc": {"bits": 6}, "drift_compensation": "none"}
+    assert hash(v) == hash(mc.Variant("low-adc", {"drift_compensation": "none", "adc": {"bits": 6}}))
+    cfg = v.resolve(pj.ChipConfig()).config
+    assert cfg.adc.bits == 6 and cfg.drift_compensation == "none"
+    with pytest.raises(ValueError, match="name"):
+        mc.Variant("bad name!")
+    with pytest.raises(ValueError, match=r"variant 'x'.*no option"):
+        mc.Variant("x", {"nonsense": 1}).resolve(pj.ChipConfig())
+    with pytest.raises(ValueError, match=r"variant 'y'.*drift_compensation must be one of"):
+        mc.Variant("y", {"drift_compensation": "sometimes"}).resolve(pj.ChipConfig())
+
+
+def test_study_validation_messages():
+    wl = mc.MVMWorkload(cores=1, rows=8, cols=8)
+    with pytest.raises(ValueError, match="ascending"):
+        mc.Study(wl, times=(10.0, 1.0))
+    with pytest.raises(ValueError, match="instances"):
+        mc.Study(wl, instances=0)
+    with pytest.raises(ValueError, match=r"allowed: \['mvm_error', 'mvm_error_worst_core'\]"):
+        mc.Study(wl, metrics=("accuracy",))
+    with pytest.raises(ValueError, match="unique"):
+        mc.Study(wl, variants=(mc.Variant("a"), mc.Variant("a")))
+    with pytest.raises(ValueError, match="needs 8 cores"):
+        mc.Study(mc.MVMWorkload(cores=8), chip=pj.ChipConfig(n_cores=4))
+
+
+def test_spec_hash_tracks_what_changes_results():
+    st = tiny_study()
+    h = st.hash()
+    assert h == tiny_study().hash() and len(h) == 16
+    assert st.replace(instances=1000, name="other").hash() == h  # instances may grow
+    for changed in (dict(seed=4), dict(times=(1.0, 2.0)), dict(chip=st.chip.set("adc.bits", 8)),
+                    dict(device=pj.devices.HermesPCM(num_devices=1)), dict(variants=st.variants[:1])):
+        assert st.replace(**changed).hash() != h, changed
+    diff = spec_differences(st.spec(), st.replace(seed=4, chip=st.chip.set("adc.bits", 8)).spec())
+    assert diff == ["chip.adc.bits", "seed"]
+
+
+def test_times_parsing_and_labels():
+    assert config.parse_time("1 year") == mc.YEAR
+    assert config.parse_time("30 min") == 1800.0
+    assert config.parse_time(5) == 5.0
+    assert config.parse_times({"start": "1 s", "stop": "1 y", "num": 6}) == mc.log_times(1.0, mc.YEAR, 6)
+    with pytest.raises(config.ConfigError, match="units"):
+        config.parse_time("3 fortnights")
+    assert [mc.format_time(t) for t in (0, 1, 60, 3600, 86400, mc.YEAR, 2.5 * mc.HOUR)] == [
+        "0 s", "1 s", "1 min", "1 h", "1 d", "1 y", "2.5 h"]
+
+
+def test_parse_bytes():
+    assert _memory.parse_bytes("2GiB") == 2 << 30
+    assert _memory.parse_bytes("512 MB") == 512 * 1000**2
+    assert _memory.parse_bytes(1024) == 1024
+    with pytest.raises(ValueError, match="units"):
+        _memory.parse_bytes("lots")
+
+
+def test_memory_estimate_tracks_live_values():
+    def f(x):
+        y = x * 2.0  # x and y live together: 2 × 4 MB
+        return jnp.sum(y)
+
+    est = _memory.estimate_peak_bytes(f, jnp.zeros((1 << 20,), jnp.float32))
+    assert 8 << 20 <= est <= 9 << 20
+
+
+# -- chunking -----------------------------------------------------------------------
+@pytest.mark.parametrize("n_todo,n_dev,chunk", [(100, 1, None), (100, 4, None), (5, 1, 1), (64, 4, 7), (3, 2, None)])
+def test_chunks_cover_every_instance_once(n_todo, n_dev, chunk):
+    per_chunk, batch, width = runner.choose_chunk(n_todo, n_dev, 10 << 20, 1 << 30, chunk)
+    assert batch % (width * n_dev) == 0 and batch >= 2 * width * n_dev
+    ids = np.arange(n_todo)
+    seen = []
+    for a in range(0, n_todo, per_chunk):
+        chunk_ids = ids[a:a + per_chunk]
+        padded, pos = runner.layout_chunk(chunk_ids, batch, n_dev, width)
+        assert np.array_equal(padded[pos], chunk_ids)
+        assert np.sum(padded >= 0) == chunk_ids.size
+        seen.extend(padded[padded >= 0].tolist())
+    assert sorted(seen) == ids.tolist()
+
+
+def test_width_follows_memory_budget():
+    assert runner.choose_chunk(100, 1, 100 << 20, 2 << 30)[2] == runner.MAX_WIDTH
+    assert runner.choose_chunk(100, 1, 100 << 20, 250 << 20)[2] == 2
+    assert runner.choose_chunk(100, 1, 1 << 30, 1 << 20)[2] == 1
+
+
+# -- results --------------------------------------------------------------------------
+def test_results_summary_files(tmp_path):
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(50, 2, 3, 2)).astype(np.float32)
+    res = Results(values, (1.0, 10.0), ("a", "b", "c"), ("accuracy", "loss"), {"name": "x"})
+    rows = res.summary()
+    assert len(rows) == 2 * 3 * 2
+    r0 = rows[0]
+    x = values[:, 0, 0, 0].astype(np.float64)
+    assert r0["mean"] == pytest.approx(x.mean()) and r0["std"] == pytest.approx(x.std(ddof=1))
+    assert r0["p50"] == pytest.approx(np.median(x)) and r0["p5"] <= r0["p50"] <= r0["p95"]
+    res.save(tmp_path)
+    back = mc.load_results(tmp_path)
+    assert np.array_equal(back.values, values) and back.variants == ("a", "b", "c")
+    csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert csv_lines[0] == "time_s,time,variant,metric,n,mean,std,p5,p50,p95" and len(csv_lines) == 13
+    assert len(json.loads((tmp_path / "summary.json").read_text())["rows"]) == 12
+    assert "accuracy (%)" in res.table()
+
+
+# -- config files -----------------------------------------------------------------------
+def test_config_errors_name_the_key(tmp_path):
+    base = __import__("tomllib").loads(TINY_TOML)
+    cases = [
+        ({"study": {"instnces": 3}}, r"\[study\]: unknown key\(s\) \['instnces'\]; allowed: \['instances'"),
+        ({"workload": {"kind": "laser"}}, r"kind must be one of \['network', 'mvm'\]"),
+        ({"workload": {"kind": "mvm", "weights": "cauchy"}}, r"weights must be one of \['gaussian', 'uniform'\]"),
+        ({"chip": {"adc": {"bitz": 3}}}, r"\[chip\].*bitz.*allowed"),
+        ({"device": {"model": "memristor"}}, r"\[device\] model must be one of \['hermes', 'pcm_like'"),
+        ({"variants": {"v": {"drift_compensation": "often"}}}, r"variant 'v'.*must be one of"),
+        ({"run": {"chunksize": 3}}, r"\[run\]: unknown key.*chunk_size"),
+        ({"bogus": {}}, r"study file: unknown key\(s\) \['bogus'\]"),
+    ]
+    for patch, pattern in cases:
+        cfg = json.loads(json.dumps(base))
+        for section, table in patch.items():
+            if section in cfg and isinstance(cfg[section], dict) and section != "variants":
+                cfg[section].update(table)
+            else:
+                cfg[section] = table
+        with pytest.raises(config.ConfigError, match=pattern):
+            config.study_from_dict(cfg)
+
+
+def test_config_device_from_fitted_json(tmp_path):
+    dev = pj.devices.PCMLike(num_devices=1)
+    pj.devices.save(dev, tmp_path / "fit.json")
+    text = TINY_TOML + '\n[device]\nfile = "fit.json"\n'
+    (tmp_path / "s.toml").write_text(text)
+    sc = config.load_study_file(tmp_path / "s.toml", {"output": "out", "instances": 5})
+    assert isinstance(sc.study.device, pj.devices.PCMLike) and sc.study.device.num_devices == 1
+    assert sc.output == "out" and sc.study.instances == 5 and sc.run == {"chunk_size": 7}
+
+
+# -- the runner -----------------------------------------------------------------------
+def test_run_writes_results_summary_figures(tmp_path, xla_cache, reference):
+    out = tmp_path / "run"
+    res = mc.run_study(tiny_study(), out, chunk_size=7, quiet=True)
+    assert np.array_equal(res.values, reference.values)
+    assert res.values.shape == (64, 3, 2, 2) and np.all(np.isfinite(res.values))
+    err = res.get("mvm_error")
+    assert np.all(err > 0) and np.all(err < 1)
+    # drift degrades the uncompensated chip; calibration keeps the error lower a year on
+    assert np.median(err[:, 2, 0]) > np.median(err[:, 0, 0])
+    assert np.median(err[:, 2, 1]) < np.median(err[:, 2, 0])
+    for name in ("results.npz", "summary.json", "summary.csv", "conductances.npz", "manifest.json", "run.json",
+                 "figures/mvm_error_vs_time.png", "figures/conductance_histograms.png"):
+        assert (out / name).exists(), name
+    assert len(list((out / "chunks").glob("chunk-*.npz"))) == 10  # ceil(64 / 7)
+    hist = res.histograms
+    assert hist["counts"].shape == (2, 3, runner.HIST_BINS)
+    # every programmed device of every instance is counted once per time (none drift above the top edge)
+    n_programmed = int(np.count_nonzero(np.asarray(tiny_study().workload.data()["w"]))) * 64
+    assert np.all(hist["counts"].sum(-1) <= n_programmed) and np.all(hist["counts"].sum(-1) > 0.99 * n_programmed)
+    back = mc.load_results(out)
+    assert np.array_equal(back.values, res.values) and back.histograms is not None
+
+
+@pytest.mark.parametrize("chunk_size", [1, 64])
+def test_identical_for_any_chunk_size(xla_cache, reference, chunk_size):
+    res = mc.run_study(tiny_study(), None, chunk_size=chunk_size, quiet=True)
+    assert np.array_equal(res.values, reference.values)
+    assert np.array_equal(res.histograms["counts"], reference.histograms["counts"])
+
+
+def test_identical_on_four_devices(tmp_path, xla_cache, reference):
+    (tmp_path / "s.toml").write_text(TINY_TOML)
+    script = textwrap.dedent(f"""
+        import jax, numpy as np
+        from pcmjax import montecarlo as mc
+        assert len(jax.devices()) == 4
+        st = mc.load_study_file({str(tmp_path / 's.toml')!r}).study
+        for cs in (7, 64):
+            r = mc.run_study(st, None, chunk_size=cs, quiet=True)
+            assert r.run_info["devices"] == 4
+            np.save({str(tmp_path)!r} + f"/v{{cs}}.npy", r.values)
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, env=subprocess_env(xla_cache, 4), timeout=300)
+    for cs in (7, 64):
+        assert np.array_equal(np.load(tmp_path / f"v{cs}.npy"), reference.values), cs
+
+
+def test_changed_study_is_refused(tmp_path, xla_cache, reference):
+    out = tmp_path / "run"
+    mc.run_study(tiny_study(instances=3), out, chunk_size=7, quiet=True, plots=False)
+    with pytest.raises(mc.StudyMismatchError, match=r"different study.*changed: seed"):
+        mc.run_study(tiny_study(instances=3, seed=4), out, quiet=True)
+    with pytest.raises(mc.StudyMismatchError, match="times_s"):
+        mc.run_study(tiny_study(instances=3, times=(1.0, 2.0, 3.0)), out, quiet=True)
+    # more instances of the same study extend it; the first three are not recomputed
+    res = mc.run_study(tiny_study(instances=10), out, chunk_size=7, quiet=True, plots=False)
+    assert res.run_info["resumed"] == 3 and res.run_info["computed"] == 7
+    assert np.array_equal(res.values, reference.values[:10])
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path, xla_cache, reference):
+    """Kill a run after two chunks; the same command continues and matches an uninterrupted run."""
+    (tmp_path / "s.toml").write_text(TINY_TOML)
+    out = tmp_path / "run"
+    # The child writes a chunk, then sleeps, so it is reliably killed part-way.
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pcmjax.montecarlo import store
+        from pcmjax import cli
+        orig = store.RunFolder.write_chunk
+        def slow(self, *a, **k):
+            p = orig(self, *a, **k)
+            time.sleep(0.5)
+            return p
+        store.RunFolder.write_chunk = slow
+        sys.exit(cli.main(["study", "--config", {str(tmp_path / 's.toml')!r}, "-o", {str(out)!r}, "--quiet",
+                           "--no-compile-cache"]))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=subprocess_env(xla_cache, 1))
+    try:
+        import time
+
+        deadline = time.time() + 240
+        while len(list((out / "chunks").glob("chunk-*.npz"))) < 2:
+            assert proc.poll() is None, "the run ended before it could be interrupted"
+            assert time.time() < deadline, "no chunk written in time"
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "chunks").glob("chunk-*.npz")}
+    assert 2 <= len(before) < 10 and not (out / "results.npz").exists()
+    done_before = sum(np.load(out / "chunks" / n)["instances"].size for n in before)
+
+    sc = config.load_study_file(tmp_path / "s.toml")
+    res = mc.run_study(sc.study, out, quiet=True, **sc.run)
+    assert res.run_info["resumed"] == done_before and res.run_info["computed"] == 64 - done_before
+    assert np.array_equal(res.values, reference.values)
+    assert np.array_equal(mc.load_results(out).values, reference.values)
+    for name, (mtime, data) in before.items():  # nothing already computed was rewritten
+        p = out / "chunks" / name
+        assert p.stat().st_mtime_ns == mtime and p.read_bytes() == data
+    # a finished run started again computes nothing
+    again = mc.run_study(sc.study, out, quiet=True, plots=False, **sc.run)
+    assert again.run_info["computed"] == 0 and np.array_equal(again.values, reference.values)
+
+
+# -- the network workload ------------------------------------------------------------------
+def test_network_workload_and_checkpoint(tmp_path, xla_cache):
+    from pcmjax import nn as pnn
+
+    arch = {"kind": "mlp", "in_features": 16, "hidden": [12], "out_features": 4}
+    model = mc.build_network(arch, seed=1)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (40, 16)).astype(np.float32)
+    y = np.asarray(pnn.predict(model, x))  # the digital network's own predictions
+    path = mc.save_network(tmp_path / "net.npz", model, arch)
+    loaded, arch2, _ = mc.load_network(path)
+    assert arch2 == arch
+    assert np.array_equal(np.asarray(loaded.layers[0].kernel[...]), np.asarray(model.layers[0].kernel[...]))
+    chip = pj.ChipConfig(n_cores=2, rows=16, cols=16)
+    wl = mc.NetworkWorkload(loaded, x, y, x[:16])
+    st = mc.Study(wl, times=(1.0, 1e6), instances=3, chip=chip, seed=1)
+    assert st.metrics == ("accuracy", "loss", "layer_error/layers/0", "layer_error/layers/1")
+    assert st.hash() == mc.Study(mc.NetworkWorkload(model, x, y, x[:16]), times=(1.0, 1e6), instances=3,
+                                 chip=chip, seed=1).hash()
+    res = mc.run_study(st, tmp_path / "out", quiet=True)
+    acc = res.get("accuracy")
+    assert np.all((acc >= 0) & (acc <= 1)) and np.all(np.isfinite(res.values))
+    assert np.median(acc[:, 0, 1]) > 0.5
+    err = res.get("layer_error/layers/1")
+    none, cal = res.variants.index("none"), res.variants.index("calibrated")
+    assert np.median(err[:, 1, cal]) < np.median(err[:, 1, none])
+    assert (tmp_path / "out" / "figures" / "metrics_vs_time.png").exists()
