@@ -56,15 +56,29 @@ def record(layer, y):
         ctx.outputs[layer.chip_index] = y
 
 
-def slice_cores(state, start: int, n: int):
-    """The sub-state of cores ``start .. start + n − 1`` (every per-core field sliced)."""
+def slice_cores(state, start: int, n: int, rows: int | None = None, cols: int | None = None):
+    """The sub-state of cores ``start .. start + n − 1``, optionally cut to ``rows × cols``.
+
+    Every per-core field is sliced along the core axis; with ``rows``/``cols`` the
+    crossbar axes are cut to the first rows/columns too. A layer whose tiles are smaller
+    than the network's largest tile then computes only its own devices: the rows cut off
+    would receive zero input and the columns cut off are discarded, so the result is
+    the same, at a fraction of the cost.
+    """
+    R, K = state.rows, state.cols
     changes = {}
     for f in dataclasses.fields(state):
         if f.name in _NOT_PER_CORE:
             continue
         v = getattr(state, f.name)
-        if hasattr(v, "ndim") and v.ndim >= 1:
-            changes[f.name] = jax.lax.slice_in_dim(v, start, start + n, axis=0)
+        if not hasattr(v, "ndim") or v.ndim < 1:
+            continue
+        v = jax.lax.slice_in_dim(v, start, start + n, axis=0)
+        if cols is not None and v.ndim >= 2 and v.shape[-1] == K:
+            v = v[..., :cols]
+        if rows is not None and v.ndim >= 3 and v.shape[-2] == R:
+            v = v[..., :rows, :]
+        changes[f.name] = v
     return state.replace(**changes)
 
 
@@ -89,11 +103,12 @@ def chip_matmul(layer, x2d):
     cal = ctx.calibration
     s = layer.effective_input_scale() * cal["input_scale"][i]
     xs = x2d / s
-    rows = ctx.layout.rows
+    rows = max(b - a for a, b in lp.row_chunks)  # this layer's largest tile
+    cols = max(b - a for a, b in lp.col_chunks)
     xt = jnp.stack([jnp.pad(xs[:, a:b], ((0, 0), (0, rows - (b - a)))) for a, b in lp.row_chunks])
     n_r, n_c = len(lp.row_chunks), len(lp.col_chunks)
     xt = jnp.repeat(xt, n_c, axis=0)  # tile (r, c) sits on core first_core + r·n_c + c
-    sub = slice_cores(ctx.state, lp.first_core, n_r * n_c)
+    sub = slice_cores(ctx.state, lp.first_core, n_r * n_c, rows, cols)
     y = mvm(jax.random.fold_in(ctx.key, i), sub, xt)  # [tiles, N, cols]
     y = jnp.sum(y.reshape(n_r, n_c, *y.shape[1:]), axis=0)
     y = jnp.concatenate([y[j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)

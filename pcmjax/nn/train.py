@@ -34,7 +34,7 @@ def _predict(model, x):
 def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None, epochs: int = 30,
           batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
           optimizer: optax.GradientTransformation | None = None, x_val=None, y_val=None,
-          verbose: bool = False) -> dict:
+          augment=None, verbose: bool = False) -> dict:
     """Train ``model`` in place on ``(x, y)`` with softmax cross-entropy.
 
     Args:
@@ -50,6 +50,8 @@ def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None,
       seed: shuffling seed.
       optimizer: an optax transformation replacing the default AdamW.
       x_val, y_val: optional validation set, evaluated (digitally) after every epoch.
+      augment: optional ``augment(rng, x_batch) -> x_batch`` on NumPy arrays (e.g. random
+        crops and flips), called for every training batch with a NumPy ``Generator``.
       verbose: print a line per epoch.
 
     Returns:
@@ -80,7 +82,8 @@ def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None,
         losses = []
         for s in range(steps_per_epoch):
             idx = perm[s * bs:(s + 1) * bs]
-            losses.append(_train_step(model, opt, jnp.asarray(x[idx]), jnp.asarray(y[idx])))
+            xb = x[idx] if augment is None else augment(rng, x[idx])
+            losses.append(_train_step(model, opt, jnp.asarray(xb), jnp.asarray(y[idx])))
         history["loss"].append(float(jnp.mean(jnp.stack(losses))))
         if x_val is not None:
             history["val_accuracy"].append(accuracy(model, x_val, y_val, mode="digital"))

@@ -1,0 +1,172 @@
+"""Digits end to end: float vs hardware-aware training, deployed on simulated HERMES chips.
+
+For an MLP 64-256-256-10 and a small CNN on scikit-learn's 8×8 digits, this script
+
+1. trains the network in float (digital mode), then fine-tunes a copy hardware-aware;
+2. deploys each on ``--instances`` independently programmed chips (HERMES defaults:
+   ``pj.ChipConfig()``, two-device HERMES PCM model, global drift compensation);
+3. measures test accuracy at 1 s, 1 h, 1 day, 1 month and 1 year after programming for
+   ``float_gdc`` (float weights + GDC), ``hwa_gdc`` (HWA weights + GDC) and
+   ``hwa_gdc_cal`` (HWA + GDC + calibration of the digital units' per-column γ'/β' and
+   input ranges at that time, on 256 unlabelled training images); as an extra row,
+   ``float_gdc_cal`` (the float network, calibrated the same way).
+
+Chip instances are a vmapped axis (programming, ageing, calibration and evaluation).
+The last line printed is one JSON object for the MLP:
+``{"float": acc, "results": {variant: {time_s: [mean, std]}}, "extra": {"float_gdc_cal": ...},
+"cnn": {...the same for the CNN}}``.
+
+Usage: ``python benchmarks/digits_accuracy.py [--instances 20] [--quick] [--models mlp,cnn]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import pcmjax as pj
+from pcmjax import nn as pnn
+from pcmjax.data import load_digits
+
+TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0, "1 year": 31536000.0}
+VARIANTS = ("float_gdc", "hwa_gdc", "hwa_gdc_cal")
+
+
+def build(kind: str, seed: int):
+    rngs = nnx.Rngs(seed)
+    return pnn.MLP(64, (256, 256), 10, rngs=rngs) if kind == "mlp" else pnn.SmallCNN(rngs=rngs)
+
+
+def train_models(kind, data, args, log):
+    model = build(kind, args.seed)
+    h = pnn.train(model, data.x_train, data.y_train, mode="digital", epochs=args.epochs, batch_size=64,
+                  learning_rate=2e-3, seed=args.seed)
+    acc_f = pnn.accuracy(model, data.x_test, data.y_test, mode="digital")
+    log(f"[{kind}] float training: {h['seconds']:.1f} s, test accuracy {100 * acc_f:.2f} %")
+    hwa_model = nnx.clone(model)
+    h = pnn.train(hwa_model, data.x_train, data.y_train, mode="hwa", hwa=pnn.HWAConfig(), epochs=args.hwa_epochs,
+                  batch_size=64, learning_rate=1e-3, seed=args.seed + 1)
+    acc_h = pnn.accuracy(hwa_model, data.x_test, data.y_test, mode="digital")
+    log(f"[{kind}] HWA fine-tuning: {h['seconds']:.1f} s, digital test accuracy {100 * acc_h:.2f} %")
+    return model, hwa_model, acc_f
+
+
+def evaluate(model, data, x_cal, args, calibrate: bool, log, tag):
+    """``{time_s: accuracies[instances]}`` for a model on ``args.instances`` chips (and calibrated)."""
+    cfg = pj.ChipConfig()
+    dep = pnn.deploy(model, jax.random.key(args.seed), cfg)
+    keys = jax.random.split(jax.random.key(1000 + args.seed), args.instances)  # same chips for every variant
+    states = jax.vmap(dep.program)(keys)  # (weights stay an argument of the jitted program)
+    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+
+    @jax.jit
+    def accuracy(states, cals, keys):
+        def one(state, cal, key):
+            logits = dep.apply(state, cal, key, x_test)
+            return jnp.mean(jnp.argmax(logits, axis=-1) == y_test)
+        return jax.vmap(one)(states, cals, keys)
+
+    age = jax.jit(jax.vmap(lambda s, k, t: s.at_time(k, t), in_axes=(0, 0, None)))
+    calibrator = pnn.make_calibrator(dep, x_cal, steps=args.cal_steps, learning_rate=args.cal_lr, batch_size=128)
+    calibrate_all = jax.jit(jax.vmap(calibrator))
+    ident = jax.tree.map(lambda a: jnp.broadcast_to(a, (args.instances,) + a.shape), pnn.identity_calibration(dep.layout))
+    out = {False: {}, True: {}}
+    for i, (name, t) in enumerate(TIMES.items()):
+        t0 = time.perf_counter()
+        k = jax.vmap(lambda kk: jax.random.fold_in(kk, i))(keys)
+        st = age(states, jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k), jnp.float32(t))
+        k_read = jax.vmap(lambda kk: jax.random.fold_in(kk, 2))(k)
+        out[False][t] = np.asarray(accuracy(st, ident, k_read))
+        if calibrate:
+            cals, losses = calibrate_all(st, jax.vmap(lambda kk: jax.random.fold_in(kk, 3))(k))
+            out[True][t] = np.asarray(accuracy(st, cals, k_read))
+            extra = (f", calibrated {100 * out[True][t].mean():.2f} % (loss {float(losses[:, 0].mean()):.3f} → "
+                     f"{float(losses[:, -5:].mean()):.3f})")
+        else:
+            extra = ""
+        log(f"[{tag}] t = {name:>7}: {100 * out[False][t].mean():.2f} ± {100 * out[False][t].std():.2f} %{extra}"
+            f"  ({time.perf_counter() - t0:.1f} s)")
+    return dep, out
+
+
+def run(kind, args, log):
+    data = load_digits(as_images=(kind == "cnn"))
+    model, hwa_model, acc_float = train_models(kind, data, args, log)
+    x_cal = data.x_train[:256]
+    dep_f, res_f = evaluate(model, data, x_cal, args, not args.quick, log, f"{kind} float")
+    log(dep_f.report())
+    _, res_h = evaluate(hwa_model, data, x_cal, args, True, log, f"{kind} hwa")
+    results = {"float_gdc": res_f[False], "hwa_gdc": res_h[False], "hwa_gdc_cal": res_h[True]}
+    if res_f[True]:
+        results["float_gdc_cal"] = res_f[True]
+    return acc_float, results
+
+
+def table(kind, acc_float, results, n):
+    lines = [f"\n{kind}: float (digital) test accuracy {100 * acc_float:.2f} %; on chip, mean ± std over {n} "
+             "chip instances (%)", f"{'variant':<13}" + "".join(f"{k:>16}" for k in TIMES)]
+    for v in VARIANTS + tuple(k for k in results if k not in VARIANTS):
+        lines.append(f"{v:<13}" + "".join(f"{100 * results[v][t].mean():>9.2f} ± {100 * results[v][t].std():4.2f}"
+                                          for t in TIMES.values()))
+    year = TIMES["1 year"]
+    gap = acc_float - results["hwa_gdc"][year].mean()
+    closed = (results["hwa_gdc_cal"][year].mean() - results["hwa_gdc"][year].mean()) / gap if gap > 0 else float("nan")
+    lines.append(f"1 year: HWA + GDC is {100 * gap:.2f} points below float (goal: <= 2); calibration closes "
+                 f"{'n/a (no gap)' if gap <= 0 else f'{100 * closed:.0f} %'} of that gap (goal: >= 50 %)")
+    return "\n".join(lines)
+
+
+def to_json(acc_float, results):
+    def stats(r):
+        return {str(int(t)): [round(float(r[t].mean()), 6), round(float(r[t].std()), 6)] for t in TIMES.values()}
+
+    out = {"float": round(float(acc_float), 6), "results": {v: stats(results[v]) for v in VARIANTS}}
+    extra = {v: stats(r) for v, r in results.items() if v not in VARIANTS}
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--instances", type=int, default=20, help="chip instances per variant (default 20)")
+    p.add_argument("--quick", action="store_true",
+                   help="CI scale: 2 instances, short training and calibration, no float_gdc_cal row")
+    p.add_argument("--models", default="mlp,cnn", help="comma-separated subset of mlp,cnn")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="float training epochs (default 40; quick 3)")
+    p.add_argument("--hwa-epochs", type=int, default=None, help="HWA fine-tuning epochs (default 20; quick 1)")
+    p.add_argument("--cal-steps", type=int, default=None, help="calibration steps (default 100; quick 5)")
+    p.add_argument("--cal-lr", type=float, default=1e-2)
+    args = p.parse_args(argv)
+    if args.quick and args.instances == 20:
+        args.instances = 2
+    args.epochs = args.epochs or (3 if args.quick else 40)
+    args.hwa_epochs = args.hwa_epochs or (1 if args.quick else 20)
+    args.cal_steps = args.cal_steps or (5 if args.quick else 100)
+    kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+    if not kinds or any(k not in ("mlp", "cnn") for k in kinds):
+        p.error(f"--models must be a comma-separated subset of mlp,cnn, got {args.models!r}")
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    t0 = time.perf_counter()
+    out, tables = {}, []
+    for kind in kinds:
+        acc_float, results = run(kind, args, log)
+        out[kind] = to_json(acc_float, results)
+        tables.append(table(kind, acc_float, results, args.instances))
+    log("\n".join(tables))
+    log(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    main_kind = "mlp" if "mlp" in out else kinds[0]
+    summary = dict(out[main_kind])
+    summary.update({k: v for k, v in out.items() if k != main_kind})
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
