@@ -30,6 +30,7 @@ import optax
 
 from pcmjax.devices import DeviceModel
 from pcmjax.fit import _params
+from pcmjax.fit._compile import FastJit
 from pcmjax.fit._data import Measurements, load_measurements
 from pcmjax.fit import _likelihood as LK
 from pcmjax.fit._likelihood import device_arrays
@@ -56,6 +57,11 @@ class FitResult:
         ``bic``, ``n_devices``, ``n_reads``, ``max_score_se`` (convergence: largest
         gradient times standard error).
       notes: list of human-readable remarks (excluded devices, fixed entries, ...).
+      devices: per-device summaries of the fitted devices at the fitted read noise
+        (``g_target``, ``x`` and ``V``: corrected ν̂ and its noise variance, ``a_c`` and
+        ``U``: corrected ln g_prog and its variance, ``q2``: Q_s², ``rss``, ``e_rss``, ...).
+      bins: target-conductance bins of the fitted devices ``(index, centers, edges)``.
+      data: the measurements.
     """
 
     model: DeviceModel
@@ -68,11 +74,9 @@ class FitResult:
     fixed: dict
     stats: dict
     notes: list
-    stats_devices: object = dataclasses.field(repr=False, default=None)
+    devices: dict = dataclasses.field(repr=False, default=None)
     bins: tuple = dataclasses.field(repr=False, default=None)
-    bin_sigma: np.ndarray = dataclasses.field(repr=False, default=None)
     data: Measurements = dataclasses.field(repr=False, default=None)
-    _binned: object = dataclasses.field(repr=False, default=None)
 
     def params(self) -> dict:
         """``{name: (value, stderr)}`` of the estimated parameters."""
@@ -93,14 +97,12 @@ class FitResult:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def binned(self) -> "FitResult":
-        """The same data fitted with piecewise-constant laws per target bin (diagnostic points
-        for figures: σ_prog, μ_ν, σ_ν and Q_s per bin with standard errors)."""
-        if self._binned is None:
-            from pcmjax.fit._binned import fit_binned
+    def binned(self) -> dict:
+        """Per-bin estimates of σ_prog, μ_ν, σ_ν and Q_s from the data (for figures);
+        see :func:`pcmjax.fit._diagnostics.binned_estimates`."""
+        from pcmjax.fit._diagnostics import binned_estimates
 
-            self._binned = fit_binned(self)
-        return self._binned
+        return binned_estimates(self)
 
 
 def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = None, q_s_from: str = "programmed",
@@ -170,7 +172,7 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
         raise ValueError("no device has three or more reads: the read noise (Q_s) cannot be fitted.")
     entries = _params.entries_for(model0)
     res = _fit_entries(model0, entries, sub, se, max_iter)
-    fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, max_score_se, fixed_notes = res
+    fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, max_score_se, fixed_notes, table = res
     notes += fixed_notes
     p = len(names)
     n_reads = int(sub.mask.sum())
@@ -179,8 +181,8 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
               aic=2 * nll + 2 * p, bic=2 * nll + p * math.log(max(sub.n_devices, 1)), n_devices=sub.n_devices,
               n_reads=n_reads, n_devices_total=stats.n_devices, max_score_se=max_score_se)
     return FitResult(model=fitted, family=family, names=names, values=values, stderr=stderr, cov=cov,
-                     stages=stage_list, fixed=fixed, stats=st, notes=notes, stats_devices=sub,
-                     bins=bins, bin_sigma=bin_sigma, data=data)
+                     stages=stage_list, fixed=fixed, stats=st, notes=notes, devices=table,
+                     bins=make_bins(table["g_target"]), data=data)
 
 
 def _fit_entries(model0, entries, sub, se, max_iter):
@@ -192,6 +194,7 @@ def _fit_entries(model0, entries, sub, se, max_iter):
         st_idx = {s: np.array([i for i, e in enumerate(entries) if e.stage == s]) for s in _params.STAGES}
         ents = {s: tuple(entries[i] for i in st_idx[s]) for s in _params.STAGES}
         ev = _Evaluator(base, d, ents)
+        ev.n_devices = sub.n_devices
         free = np.zeros(len(entries), bool)
         results = {}
         for s in _params.STAGES:
@@ -215,7 +218,8 @@ def _fit_entries(model0, entries, sub, se, max_iter):
         # Cross-stage Jacobian: the drift and prog scores depend on the noise parameters.
         cross = ev.cross_noise(theta[st_idx["noise"]], results["noise"]["steps"]) if "noise" in results else {}
         stage_nll = [float(ev.value(s, theta[st_idx[s]])) for s in _params.STAGES]
-    return _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se)
+        table = ev.device_table(theta[st_idx["noise"]])
+    return _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se) + (table,)
 
 
 def _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se):
@@ -351,7 +355,7 @@ class _Evaluator:
     def set_stage(self, s, th):
         self.base = _params.with_values(self.base, self.ents[s], th)
         if s == "noise":
-            self.inputs = _noise_vg(th, self.base, self.d, entries=self.ents["noise"])[3]
+            self.inputs = _noise_vg(th, self.base, self.d, entries=self.ents["noise"])[3][:4]
 
     def _call(self, s, th, inputs=None):
         th = np.asarray(th, np.float64)
@@ -362,6 +366,15 @@ class _Evaluator:
         if s == "drift":
             return _drift_vg(th, self.base, self.d, x, V, entries=self.ents["drift"])
         return _prog_vg(th, self.base, self.d, a_c, U, entries=self.ents["prog"])
+
+    def device_table(self, th_n) -> dict:
+        """Per-device quantities at the fitted noise parameters (NumPy, padding removed)."""
+        x, V, a_c, U, q2, e_rss = (np.asarray(v) for v in _noise_vg(
+            np.asarray(th_n, np.float64), self.base, self.d, entries=self.ents["noise"])[3])
+        n = int(self.n_devices)
+        out = dict(x=x, V=V, a_c=a_c, U=U, q2=q2, e_rss=e_rss)
+        out.update({k: np.asarray(self.d[k]) for k in ("g_target", "rss", "dof", "usable", "all_zero")})
+        return {k: v[:n] for k, v in out.items()}
 
     def value_and_grad(self, s, th):
         f, g, _ = self._call(s, th)
@@ -426,7 +439,7 @@ class _Evaluator:
                 t = th_n.copy()
                 t[k] += sign * h
                 base = _params.with_values(self.base, self.ents["noise"], t)
-                inp = _noise_vg(t, base, self.d, entries=self.ents["noise"])[3]
+                inp = _noise_vg(t, base, self.d, entries=self.ents["noise"])[3][:4]
                 grads.append((self._call("drift", th_d, inp)[1] if th_d.size else None,
                               self._call("prog", th_p, inp)[1] if th_p.size else None))
             if th_d.size:
@@ -436,45 +449,17 @@ class _Evaluator:
         return out
 
 
-class _Fast:
-    """``jax.jit`` with ahead-of-time compilation at XLA's lowest backend optimisation
-    level: these functions are called a few hundred times per fit, so compiling them
-    quickly matters more than the last bit of run time. Compiled code is cached per
-    argument structure, shapes and the static ``entries``."""
-
-    OPTIONS = {"xla_backend_optimization_level": 0}
-    LARGE = 50_000  # from this many (padded) devices on, run time matters more: full optimisation
-
-    def __init__(self, fn):
-        self.fn = jax.jit(fn, static_argnames=("entries",))
-        self.cache: dict = {}
-
-    def __call__(self, *args, entries):
-        leaves, tree = jax.tree_util.tree_flatten(args)
-        key = (tree, entries, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves))
-        compiled = self.cache.get(key)
-        if compiled is None:
-            lowered = self.fn.lower(*args, entries=entries)
-            large = max((int(np.prod(jnp.shape(x))) for x in leaves), default=0) >= self.LARGE
-            try:
-                compiled = lowered.compile(compiler_options={} if large else self.OPTIONS)
-            except Exception:  # pragma: no cover - option unknown to this XLA
-                compiled = lowered.compile()
-            self.cache[key] = compiled
-        return compiled(*args)
-
-
-_static = _Fast
+_static = partial(FastJit, static_argnames=("entries",))
 
 
 @_static
 def _noise_vg(theta, base, d, entries):
     def fun(th):
-        vec, q2 = LK.nll_noise(_params.with_values(base, entries, th), d)
-        return jnp.sum(vec), (vec, q2)
+        vec, q2, e_rss = LK.nll_noise(_params.with_values(base, entries, th), d)
+        return jnp.sum(vec), (vec, q2, e_rss)
 
-    (f, (vec, q2)), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec, LK.stage_inputs(q2, d)
+    (f, (vec, q2, e_rss)), g = jax.value_and_grad(fun, has_aux=True)(theta)
+    return f, g, vec, LK.stage_inputs(q2, d) + (q2, e_rss)
 
 
 @_static

@@ -128,7 +128,7 @@ def stage_inputs(q2, d):
 
 
 def nll_noise(model, d):
-    """Noise-stage NLL ``[D]`` and the per-device Q_s² it used."""
+    """Noise-stage NLL ``[D]``, the per-device Q_s² it used and the expected RSS."""
     q2 = jnp.maximum(q2_device(model, d), 1e-14)
     e_rss = _poly(d["E"], q2)
     k = 0.5 * d["dof"]
@@ -137,7 +137,7 @@ def nll_noise(model, d):
     e_ = jnp.where(use, jnp.maximum(e_rss, _TINY), 1.0)
     rss = jnp.where(use, jnp.maximum(d["rss"], _TINY), 1.0)
     nll = k_ * jnp.log(e_ / k_) + k_ * rss / e_ - (k_ - 1.0) * jnp.log(rss) + gammaln(k_)
-    return jnp.where(use, nll, 0.0), q2
+    return jnp.where(use, nll, 0.0), q2, e_rss
 
 
 def nll_drift(model, d, x, V):
