@@ -82,7 +82,7 @@ def normal(key, shape, dtype=jnp.float32) -> jax.Array:
       array of ``shape`` with N(0, 1) marginals, independent across elements.
     """
     shape = tuple(int(s) for s in shape)
-    if not shape or math.prod(shape) == 0:
+    if math.prod(shape) == 0:  # an empty array (a scalar shape () has one element)
         return jnp.zeros(shape, dtype)
     bits = hash_bits(key, shape)
     sign = jnp.where(bits >> 31 == 1, -1.0, 1.0)

@@ -34,8 +34,8 @@ class ADCConfig:
     """CCO ADC and its one-time calibration.
 
     Attributes:
-      enabled: round to integer counts and saturate at ±N_max (off: a linear, ideal
-        converter with gain ``a``).
+      enabled: round to integer counts and saturate at ±N_max (off: a converter with
+        gain ``a`` and no rounding or saturation; its residual nonlinearity, if any, stays).
       bits: magnitude bits; ``N_max = 2^bits − 1`` counts per sign (HERMES: >420 levels
         in the 128 ns window; default 9 bits = 511).
       full_scale: fraction of the largest possible column charge (every row at full
@@ -120,9 +120,13 @@ def adc_transfer(u, nonlin, cfg: ADCConfig):
     Returns:
       signed counts (float array; integers when ``cfg.enabled``).
     """
+    # sign(u)·f(|u|) written as u / (1 + b|u|/N): the same values, but the gradient at
+    # u = 0 is 1 (inside the range) rather than the 0 of d(sign·abs)/du there. With b = 0
+    # it is exactly u.
+    v = u / (1.0 + nonlin * jnp.abs(u) / cfg.n_max)
     if not cfg.enabled:
-        return u
-    mag = jnp.abs(u)
-    mag = mag / (1.0 + nonlin * mag / cfg.n_max)
-    mag = jnp.clip(round_ste(mag), 0.0, float(cfg.n_max))
-    return jnp.sign(u) * mag
+        # No rounding or saturation; the residual nonlinearity is its own non-ideality
+        # (``adc_nonlinearity``) and stays.
+        return v
+    # round() is odd-symmetric (half to even), so this is sign(u)·clip(round(|v|), 0, N).
+    return jnp.clip(round_ste(v), -float(cfg.n_max), float(cfg.n_max))
