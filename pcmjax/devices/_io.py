@@ -29,7 +29,7 @@ def to_dict(model: DeviceModel) -> dict:
     """A JSON-ready description of a device model (family, static options, parameters)."""
     if not isinstance(model, DeviceModel):
         raise TypeError(f"model must be a pcmjax device model, got {type(model).__name__}.")
-    params = {k: np.asarray(v).tolist() for k, v in model.params().items()}
+    params = {k: _compact(v) for k, v in model.params().items()}
     out = {"format": FORMAT, "family": model.family, "num_devices": model.num_devices,
            "q_s_from": model.q_s_from, "params": params}
     extra = getattr(model, "static_options", None)
@@ -54,6 +54,16 @@ def from_dict(d: dict) -> DeviceModel:
     cls = families[family]
     kwargs = {k: v for k, v in d.items() if k not in ("format", "family", "params")}
     return cls(**kwargs, **params)
+
+
+def _compact(v):
+    """A JSON-ready list/float; float32 values as their shortest round-tripping decimals
+    (``0.06`` rather than ``0.05999999865889549``), so the file stays readable."""
+    arr = np.asarray(v)
+    if arr.dtype != np.float32:
+        return arr.tolist()
+    flat = [float(np.format_float_positional(x, unique=True, trim="-")) for x in arr.reshape(-1)]
+    return np.asarray(flat).reshape(arr.shape).tolist()
 
 
 def save(model: DeviceModel, path) -> Path:
