@@ -37,7 +37,8 @@ def program_verify(key, g_target, device, cfg: ChipConfig):
     conductance with verify-read noise; devices within ``tolerance · g_max`` stop for good;
     the others get a partial pulse that removes a stochastic fraction
     ``step · (1 + step_noise ξ)`` of the read error, bounded by the device's SET
-    conductance. Zero targets stay RESET.
+    conductance. Zero targets stay RESET (the device model's conductance at target 0);
+    the RESET partner of an iterated device is not added (it is below the tolerance).
 
     With two devices per sign (HERMES strategy): each device has a SET conductance
     ``g_max/2 · (1 + set_spread ξ)``; if the target exceeds both, the device with the
