@@ -16,6 +16,10 @@ The last line printed is one JSON object for the MLP:
 ``{"float": acc, "results": {variant: {time_s: [mean, std]}}, "extra": {"float_gdc_cal": ...},
 "cnn": {...the same for the CNN}}``.
 
+``--adc-cal-error 0.05,2`` leaves a larger residual of the chips' one-time ADC calibration
+(5 % per-column gain, 2 counts offset instead of 0.5 % and 0.25), a stale-calibration
+stress case with per-column errors that global drift compensation cannot see.
+
 Usage: ``python benchmarks/digits_accuracy.py [--instances 20] [--quick] [--models mlp,cnn]``.
 """
 
@@ -57,9 +61,17 @@ def train_models(kind, data, args, log):
     return model, hwa_model, acc_f
 
 
+def chip_config(args) -> pj.ChipConfig:
+    cfg = pj.ChipConfig()
+    if args.adc_cal_error:
+        gain, offset = (float(v) for v in args.adc_cal_error.split(","))
+        cfg = cfg.set("adc.cal_gain_error", gain).set("adc.cal_offset_error", offset)
+    return cfg
+
+
 def evaluate(model, data, x_cal, args, calibrate: bool, log, tag):
     """``{time_s: accuracies[instances]}`` for a model on ``args.instances`` chips (and calibrated)."""
-    cfg = pj.ChipConfig()
+    cfg = chip_config(args)
     dep = pnn.deploy(model, jax.random.key(args.seed), cfg)
     keys = jax.random.split(jax.random.key(1000 + args.seed), args.instances)  # same chips for every variant
     states = jax.vmap(dep.program)(keys)  # (weights stay an argument of the jitted program)
@@ -75,7 +87,8 @@ def evaluate(model, data, x_cal, args, calibrate: bool, log, tag):
     age = jax.jit(jax.vmap(lambda s, k, t: s.at_time(k, t), in_axes=(0, 0, None)))
     calibrator = pnn.make_calibrator(dep, x_cal, steps=args.cal_steps, learning_rate=args.cal_lr, batch_size=128)
     calibrate_all = jax.jit(jax.vmap(calibrator))
-    ident = jax.tree.map(lambda a: jnp.broadcast_to(a, (args.instances,) + a.shape), pnn.identity_calibration(dep.layout))
+    ident = jax.tree.map(lambda a: jnp.broadcast_to(a, (args.instances,) + a.shape),
+                         pnn.identity_calibration(dep.layout))
     out = {False: {}, True: {}}
     for i, (name, t) in enumerate(TIMES.items()):
         t0 = time.perf_counter()
@@ -144,6 +157,9 @@ def main(argv=None):
     p.add_argument("--hwa-epochs", type=int, default=None, help="HWA fine-tuning epochs (default 20; quick 1)")
     p.add_argument("--cal-steps", type=int, default=None, help="calibration steps (default 100; quick 5)")
     p.add_argument("--cal-lr", type=float, default=1e-2)
+    p.add_argument("--adc-cal-error", default=None, metavar="GAIN,OFFSET",
+                   help="residual per-column ADC gain (relative) and offset (counts) errors of the chips' one-time "
+                        "calibration (default: the HERMES config's 0.005,0.25)")
     args = p.parse_args(argv)
     if args.quick and args.instances == 20:
         args.instances = 2
@@ -154,6 +170,9 @@ def main(argv=None):
     if not kinds or any(k not in ("mlp", "cnn") for k in kinds):
         p.error(f"--models must be a comma-separated subset of mlp,cnn, got {args.models!r}")
     log = lambda s: print(s, flush=True)  # noqa: E731
+    adc = chip_config(args).adc
+    log(f"chips: pj.ChipConfig() with ADC calibration residuals gain {adc.cal_gain_error}, offset "
+        f"{adc.cal_offset_error} counts; {args.instances} instances")
     t0 = time.perf_counter()
     out, tables = {}, []
     for kind in kinds:

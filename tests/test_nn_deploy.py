@@ -113,7 +113,8 @@ def test_real_chip_is_close_and_drifts():
     assert dep.at_time(jax.random.key(5), 3.15e7).t == pytest.approx(3.15e7)
     # Monte Carlo: the pure pieces vmap over chip instances.
     states = jax.tree.map(lambda *a: jnp.stack(a), *[dep.program(jax.random.key(6 + i)) for i in range(3)])
-    ys = jax.vmap(dep.apply, in_axes=(0, None, 0, None))(states, dep.calibration, jax.random.split(jax.random.key(7), 3), x)
+    keys = jax.random.split(jax.random.key(7), 3)
+    ys = jax.vmap(dep.apply, in_axes=(0, None, 0, None))(states, dep.calibration, keys, x)
     assert ys.shape == (3,) + ref.shape and not np.allclose(ys[0], ys[1])
 
 

@@ -38,8 +38,7 @@ def test_models_initialise_like_nnx_twins():
 CONV_CASES = [
     dict(kernel_size=(3, 3), strides=1, padding="SAME"),
     dict(kernel_size=(3, 2), strides=(2, 1), padding="VALID"),
-    dict(kernel_size=(2, 2), strides=2, padding=((1, 0), (0, 1))),
-    dict(kernel_size=(3,), strides=1, padding="SAME"),
+    dict(kernel_size=(3,), strides=2, padding=((2, 0),)),
 ]
 
 

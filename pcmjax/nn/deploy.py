@@ -133,7 +133,7 @@ def plan(model, config: ChipConfig, n_chips: int = 1) -> Layout:
         raise ValueError("model has no analog layers (pcmjax.nn.AnalogLinear / AnalogConv) to deploy.")
     placements, core = [], 0
     for path, layer in layers:
-        rows, cols = layer.matrix().shape
+        rows, cols = layer.matrix_shape()
         lp = LayerPlacement(name="/".join(str(p) for p in path) or "<root>", shape=(int(rows), int(cols)),
                             row_chunks=row_chunks(rows, config.rows), col_chunks=row_chunks(cols, config.cols),
                             first_core=core, cores_per_chip=config.n_cores, core_rows=config.rows,

@@ -209,6 +209,7 @@ def sample_time(key, cfg: HWAConfig):
     return jnp.exp(lo + (hi - lo) * _uniform(_seed(key), 0))
 
 
+@partial(jax.jit, static_argnames=("cfg",))
 def perturb_weights(key, wn, cfg: HWAConfig, t=None):
     """Weights as the chip would hold them: programming noise, drift to ``t``, 1/f noise, GDC.
 

@@ -23,6 +23,7 @@ import typing as tp
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from pcmjax.nn import _context
@@ -72,6 +73,11 @@ class AnalogLayer(nnx.Module):
     def matrix(self) -> jax.Array:
         """The kernel as the ``[rows, cols]`` matrix the crossbars hold."""
         raise NotImplementedError
+
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of :meth:`matrix` (from the kernel's shape alone)."""
+        shape = tuple(self.kernel.shape)
+        return int(np.prod(shape[:-1])), int(shape[-1])
 
     def effective_input_scale(self):
         """The input range in use (1 until one has been measured)."""
