@@ -70,6 +70,9 @@ def cli_main(argv=None, prog: str = "pcmjax fit") -> int:
             {"family": result.family, "params": result.params(), "fixed": result.fixed, "stats": result.stats,
              "notes": result.notes}, indent=2) + "\n")
     if (args.figures or "").lower() != "none":
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no display needed
         from pcmjax.fit._plots import plot_fit
 
         fig_dir = Path(args.figures) if args.figures else out.parent

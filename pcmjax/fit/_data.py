@@ -215,6 +215,7 @@ def _device_problems(ids, values) -> list:
     if rows.size == 0:
         return problems
     uniq, inv = np.unique(ids[rows].astype(str), return_inverse=True)
+    uniq = np.array([str(u) for u in uniq], dtype=object)
     g_t, t = values["g_target_uS"][rows], values["t_s"][rows]
     # First finite target of each device, then rows that disagree with it.
     order = np.lexsort((rows, ~np.isfinite(g_t), inv))
@@ -247,8 +248,9 @@ def _unit_problems(values) -> list:
         v = values[c]
         pos = v[np.isfinite(v) & (v > 0)]
         if pos.size and np.median(pos) < SIEMENS_LOOKING_UPPER:
+            other = "g_target_uS" if c == "g_uS" else "g_uS"
             problems.append((None, c, f"values look like siemens, not µS (median {np.median(pos):.3g}); "
-                                      f"multiply by 1e6 to convert S to µS"))
+                                      f"multiply by 1e6 to convert S to µS (both {c} and {other} must be µS)"))
     gt, g = values["g_target_uS"], values["g_uS"]
     ok = np.isfinite(gt) & np.isfinite(g) & (gt > 0) & (g > 0)
     if ok.sum() > 0 and not problems:

@@ -9,31 +9,27 @@ The estimator (details in :mod:`._reduce` and :mod:`._likelihood`):
    their estimation noise deconvolved and the ``|·|`` fold of ν exact, then σ_prog from
    the intercepts (``g_prog`` clipped at 0 included exactly);
 3. each stage is minimised with optax L-BFGS in whitened coordinates and polished with
-   Newton steps; the later stages use the fitted Q_s for the noise of ``â`` and ``ν̂``;
-4. standard errors from the inverse Hessian: by default the sandwich form
-   ``A⁻¹ B A⁻ᵀ`` of the stacked estimating equations (A: Jacobian of the three stages'
-   scores, B: sum of per-device score outer products), which propagates the uncertainty
-   of Q_s into the later stages and is robust to the quasi-likelihood of stage 1;
-   ``se="hessian"`` gives the plain inverse Hessian of each stage.
+   Newton steps (:mod:`._optimize`); the later stages use the fitted Q_s for the noise of
+   ``â`` and ``ν̂``; with Q_s at the programmed conductance a second pass repeats the
+   stages with the programming distribution of the first pass's σ_prog;
+4. standard errors: by default the sandwich form ``A⁻¹ B A⁻ᵀ`` of the stacked estimating
+   equations (A: expected curvature of each stage and the cross-stage Jacobian; B: sum of
+   per-device score outer products), which propagates the uncertainty of Q_s into the
+   later stages and is robust to the quasi-likelihood of stage 1; ``se="hessian"``
+   gives the inverse finite-difference Hessian of each stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from functools import partial
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from pcmjax.devices import DeviceModel
 from pcmjax.fit import _params
-from pcmjax.fit._compile import FastJit
 from pcmjax.fit._data import Measurements, load_measurements
-from pcmjax.fit import _likelihood as LK
-from pcmjax.fit._likelihood import device_arrays
+from pcmjax.fit._optimize import fit_entries
 from pcmjax.fit._reduce import make_bins, reduce_devices, select_devices
 
 DEFAULT_DEVICES = {"hermes": 2, "pcm_like": 1, "state_independent": 1, "flexible": 1}
@@ -54,8 +50,9 @@ class FitResult:
       fixed: ``{name: value}`` law entries held fixed (not informed by the data, or the
         HERMES thresholds), with the reason in ``notes``.
       stats: goodness of fit: ``nll`` (total and per stage), ``n_params``, ``aic``,
-        ``bic``, ``n_devices``, ``n_reads``, ``max_score_se`` (convergence: largest
-        gradient times standard error).
+        ``bic``, ``n_devices``, ``n_reads``, ``newton_decrement`` (convergence:
+        ``sqrt(gᵀ A⁻¹ g)`` of the smoothed gradient before the final Newton step, i.e. the
+        distance to the optimum in standard errors; ≪ 1).
       notes: list of human-readable remarks (excluded devices, fixed entries, ...).
       devices: per-device summaries of the fitted devices at the fitted read noise
         (``g_target``, ``x`` and ``V``: corrected ν̂ and its noise variance, ``a_c`` and
@@ -171,313 +168,15 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
     if not np.any(sub.dof > 0):
         raise ValueError("no device has three or more reads: the read noise (Q_s) cannot be fitted.")
     entries = _params.entries_for(model0)
-    res = _fit_entries(model0, entries, sub, se, max_iter)
-    fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, max_score_se, fixed_notes, table = res
+    res = fit_entries(model0, entries, sub, se, max_iter)
+    fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, newton_decrement, fixed_notes, table = res
     notes += fixed_notes
     p = len(names)
     n_reads = int(sub.mask.sum())
     nll = float(sum(stage_nll))
     st = dict(nll=nll, nll_noise=stage_nll[0], nll_drift=stage_nll[1], nll_prog=stage_nll[2], n_params=p,
               aic=2 * nll + 2 * p, bic=2 * nll + p * math.log(max(sub.n_devices, 1)), n_devices=sub.n_devices,
-              n_reads=n_reads, n_devices_total=stats.n_devices, max_score_se=max_score_se)
+              n_reads=n_reads, n_devices_total=stats.n_devices, newton_decrement=newton_decrement)
     return FitResult(model=fitted, family=family, names=names, values=values, stderr=stderr, cov=cov,
                      stages=stage_list, fixed=fixed, stats=st, notes=notes, devices=table,
                      bins=make_bins(table["g_target"]), data=data)
-
-
-def _fit_entries(model0, entries, sub, se, max_iter):
-    """Optimise the given entries stage by stage; returns the pieces of a FitResult."""
-    with jax.enable_x64(True):
-        base = _params.as_float64(model0)
-        d = device_arrays(sub)
-        theta = np.array(_params.values_of(model0, entries))
-        st_idx = {s: np.array([i for i, e in enumerate(entries) if e.stage == s]) for s in _params.STAGES}
-        ents = {s: tuple(entries[i] for i in st_idx[s]) for s in _params.STAGES}
-        ev = _Evaluator(base, d, ents)
-        ev.n_devices = sub.n_devices
-        free = np.zeros(len(entries), bool)
-        results = {}
-        for s in _params.STAGES:
-            idx = st_idx[s]
-            if idx.size == 0:
-                continue
-            th = theta[idx]
-            steps, curv = ev.step_sizes(s, th)
-            # Entries along which the NLL does not change carry no information: hold them.
-            ok = curv != 0
-            fd0 = ev.finite_differences(s, th, steps)
-            th = _minimise(ev, s, th, ok, fd0["H"], max_iter)
-            fd = ev.finite_differences(s, th, steps)
-            th, g = _newton_polish(ev, s, th, ok, fd)
-            if s in ("noise", "drift") and model0.family == "state_independent":
-                th = np.abs(th)  # only Q_s² and σ_ν² enter: report the non-negative roots
-            theta[idx] = th
-            free[idx] = ok
-            ev.set_stage(s, th)
-            results[s] = dict(fd, g=g)
-        # Cross-stage Jacobian: the drift and prog scores depend on the noise parameters.
-        cross = ev.cross_noise(theta[st_idx["noise"]], results["noise"]["steps"]) if "noise" in results else {}
-        stage_nll = [float(ev.value(s, theta[st_idx[s]])) for s in _params.STAGES]
-        table = ev.device_table(theta[st_idx["noise"]])
-    return _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se) + (table,)
-
-
-def _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se):
-    P = len(entries)
-    A = np.zeros((P, P))
-    scores = None
-    grad = np.zeros(P)
-    for s, idx in st_idx.items():
-        if idx.size == 0:
-            continue
-        r = results[s]
-        A[np.ix_(idx, idx)] = r["H"]
-        grad[idx] = r["g"]
-        sc = np.zeros((r["scores"].shape[0], P))
-        sc[:, idx] = r["scores"]
-        scores = sc if scores is None else scores + sc
-        if s != "noise" and st_idx["noise"].size:
-            A[np.ix_(idx, st_idx["noise"])] = cross[s]
-    idx = np.nonzero(free)[0]
-    Af = A[np.ix_(idx, idx)]
-    if se == "hessian":
-        covf = np.zeros_like(Af)
-        stage_of = np.array([e.stage for e in entries])[idx]
-        for s in _params.STAGES:
-            blk = np.nonzero(stage_of == s)[0]
-            if blk.size:
-                covf[np.ix_(blk, blk)] = _safe_inv(Af[np.ix_(blk, blk)])
-    else:
-        Ainv = _safe_inv(Af)
-        B = scores[:, idx].T @ scores[:, idx]
-        covf = Ainv @ B @ Ainv.T
-    stderr = np.sqrt(np.maximum(np.diag(covf), 0.0))
-    max_score_se = float(np.max(np.abs(grad[idx]) * stderr)) if idx.size else 0.0
-    fitted = _params.finalize(_params.with_values(model0, entries, theta))
-    names = [entries[i].name for i in idx]
-    fixed = {entries[i].name: float(theta[i]) for i in np.nonzero(~free)[0]}
-    notes = []
-    if fixed:
-        notes.append("held at their starting values (no device informs them): " + ", ".join(fixed))
-    if model0.family == "hermes":
-        notes.append("HERMES clip bounds and thresholds (indices 2-4 of mu_nu, sigma_nu, q_s_law) held at their "
-                     "starting values")
-    return (fitted, names, theta[idx], stderr, covf, [entries[i].stage for i in idx], fixed, stage_nll,
-            max_score_se, notes)
-
-
-def _safe_inv(M):
-    try:
-        return np.linalg.inv(M)
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(M)
-
-
-_LBFGS = optax.scale_by_lbfgs(memory_size=10)
-_lbfgs_update = jax.jit(_LBFGS.update)
-_lbfgs_init = jax.jit(_LBFGS.init)
-
-
-def _minimise(ev, s, th, ok, H0, max_iter):
-    """L-BFGS (optax's two-loop direction) with a backtracking line search, in coordinates
-    whitened by the starting Hessian ``H0``; only the ``ok`` entries move."""
-    idx = np.nonzero(ok)[0]
-    if idx.size == 0:
-        return th
-    lam, vec = np.linalg.eigh(H0[np.ix_(idx, idx)])
-    lam = np.maximum(np.abs(lam), 1e-8 * np.abs(lam).max())
-    # Whitened coordinates z (θ = θ0 + W z), padded to a multiple of 16 with inert zeros so
-    # that optax's L-BFGS update compiles once for most fits.
-    n = -(-idx.size // 16) * 16
-    W = np.zeros((th.shape[0], n))
-    W[idx, : idx.size] = vec / np.sqrt(lam)
-    z = np.zeros(n)
-    state = _lbfgs_init(z)
-    f, g = ev.value_and_grad(s, th)
-    for _ in range(max_iter):
-        gz = W.T @ g
-        if np.max(np.abs(gz)) < 1e-5:
-            break
-        direction, new_state = _lbfgs_update(gz, state, z)
-        direction = np.asarray(direction)
-        if not np.all(np.isfinite(direction)) or float(direction @ gz) <= 0:
-            direction, new_state = gz, _lbfgs_init(z)  # reset to steepest descent
-        step, accepted = 1.0, False
-        while step > 1e-8:
-            cand = th - step * (W @ direction)
-            fc, gc = ev.value_and_grad(s, cand)
-            if np.isfinite(fc) and fc <= f - 1e-4 * step * float(direction @ gz):
-                accepted = True
-                break
-            step *= 0.5
-        if not accepted:
-            break
-        z = z - step * direction
-        state = new_state
-        converged = f - fc < 1e-13 * max(1.0, abs(f))
-        th, f, g = cand, fc, gc
-        if converged:
-            break
-    return th
-
-
-def _newton_polish(ev, s, th, ok, fd, steps: int = 3):
-    """Newton steps on the free entries with the finite-difference Hessian, each accepted
-    only if it lowers the NLL. Returns the point and its gradient."""
-    idx = np.nonzero(ok)[0]
-    f, g_all = fd["f"], fd["g"]
-    H = fd["H"][np.ix_(idx, idx)]
-    for _ in range(steps):
-        g = g_all[idx]
-        try:
-            step = np.linalg.solve(H, g)
-        except np.linalg.LinAlgError:
-            break
-        if not np.all(np.isfinite(step)) or float(g @ step) <= 0:
-            break
-        cand = th.copy()
-        cand[idx] -= step
-        fc, gc = ev.value_and_grad(s, cand)
-        if not (np.isfinite(fc) and fc <= f):
-            break
-        th, f, g_all = cand, fc, gc
-    return th, g_all
-
-
-class _Evaluator:
-    """Compiled stage functions bound to one fit's data, with finite-difference Hessians."""
-
-    def __init__(self, base, d, ents):
-        self.base, self.d, self.ents = base, d, ents
-        self.inputs = None  # (x, V, a_c, U) from the fitted noise stage
-        self._vec = {}
-
-    def set_stage(self, s, th):
-        self.base = _params.with_values(self.base, self.ents[s], th)
-        if s == "noise":
-            self.inputs = _noise_vg(th, self.base, self.d, entries=self.ents["noise"])[3][:4]
-
-    def _call(self, s, th, inputs=None):
-        th = np.asarray(th, np.float64)
-        if s == "noise":
-            f, g, vec, _ = _noise_vg(th, self.base, self.d, entries=self.ents["noise"])
-            return f, g, vec
-        x, V, a_c, U = self.inputs if inputs is None else inputs
-        if s == "drift":
-            return _drift_vg(th, self.base, self.d, x, V, entries=self.ents["drift"])
-        return _prog_vg(th, self.base, self.d, a_c, U, entries=self.ents["prog"])
-
-    def device_table(self, th_n) -> dict:
-        """Per-device quantities at the fitted noise parameters (NumPy, padding removed)."""
-        x, V, a_c, U, q2, e_rss = (np.asarray(v) for v in _noise_vg(
-            np.asarray(th_n, np.float64), self.base, self.d, entries=self.ents["noise"])[3])
-        n = int(self.n_devices)
-        out = dict(x=x, V=V, a_c=a_c, U=U, q2=q2, e_rss=e_rss)
-        out.update({k: np.asarray(self.d[k]) for k in ("g_target", "rss", "dof", "usable", "all_zero")})
-        return {k: v[:n] for k, v in out.items()}
-
-    def value_and_grad(self, s, th):
-        f, g, _ = self._call(s, th)
-        return float(f), np.asarray(g)
-
-    def value(self, s, th):
-        return self.value_and_grad(s, th)[0]
-
-    def step_sizes(self, s, th, frac: float = 0.2):
-        """Finite-difference steps of about ``frac`` standard errors per entry, and the
-        curvature along each axis (0: the NLL does not depend on that entry).
-
-        The curvature comes from a second difference of the NLL with a moderate step;
-        steps a fraction of a standard error wide average over the kinks of clipped laws
-        (every device contributes one where its law meets a clip bound), which a tiny step
-        would turn into spurious curvature.
-        """
-        th = np.asarray(th, np.float64)
-        f0 = self.value(s, th)
-        h = 1e-3 * np.maximum(np.abs(th), 1e-3)
-        steps, curv = h.copy(), np.zeros_like(th)
-        for k in range(th.shape[0]):
-            tp, tm = th.copy(), th.copy()
-            tp[k] += h[k]
-            tm[k] -= h[k]
-            c = (self.value(s, tp) - 2 * f0 + self.value(s, tm)) / h[k] ** 2
-            if np.isfinite(c) and c != 0:
-                curv[k] = c
-                steps[k] = frac / np.sqrt(abs(c))
-        return steps, curv
-
-    def finite_differences(self, s, th, steps=None):
-        """Central differences of the gradient (Hessian) and of the per-device NLLs (scores)."""
-        th = np.asarray(th, np.float64)
-        steps = self.step_sizes(s, th)[0] if steps is None else steps
-        f, g, vec = self._call(s, th)
-        P = th.shape[0]
-        H = np.zeros((P, P))
-        scores = np.zeros((int(vec.shape[0]), P))
-        for k in range(P):
-            h = steps[k]
-            tp, tm = th.copy(), th.copy()
-            tp[k] += h
-            tm[k] -= h
-            _, gp, vp = self._call(s, tp)
-            _, gm, vm = self._call(s, tm)
-            H[:, k] = (np.asarray(gp) - np.asarray(gm)) / (2 * h)
-            scores[:, k] = (np.asarray(vp) - np.asarray(vm)) / (2 * h)
-        return dict(f=float(f), g=np.asarray(g), H=0.5 * (H + H.T), scores=scores, steps=steps)
-
-    def cross_noise(self, th_n, steps):
-        """``∂(drift, prog gradients) / ∂(noise parameters)`` by central differences."""
-        th_n = np.asarray(th_n, np.float64)
-        P = th_n.shape[0]
-        th_d = np.asarray(_params.values_of(self.base, self.ents["drift"]))
-        th_p = np.asarray(_params.values_of(self.base, self.ents["prog"]))
-        out = {"drift": np.zeros((th_d.shape[0], P)), "prog": np.zeros((th_p.shape[0], P))}
-        for k in range(P):
-            h = steps[k]
-            grads = []
-            for sign in (1.0, -1.0):
-                t = th_n.copy()
-                t[k] += sign * h
-                base = _params.with_values(self.base, self.ents["noise"], t)
-                inp = _noise_vg(t, base, self.d, entries=self.ents["noise"])[3][:4]
-                grads.append((self._call("drift", th_d, inp)[1] if th_d.size else None,
-                              self._call("prog", th_p, inp)[1] if th_p.size else None))
-            if th_d.size:
-                out["drift"][:, k] = (np.asarray(grads[0][0]) - np.asarray(grads[1][0])) / (2 * h)
-            if th_p.size:
-                out["prog"][:, k] = (np.asarray(grads[0][1]) - np.asarray(grads[1][1])) / (2 * h)
-        return out
-
-
-_static = partial(FastJit, static_argnames=("entries",))
-
-
-@_static
-def _noise_vg(theta, base, d, entries):
-    def fun(th):
-        vec, q2, e_rss = LK.nll_noise(_params.with_values(base, entries, th), d)
-        return jnp.sum(vec), (vec, q2, e_rss)
-
-    (f, (vec, q2, e_rss)), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec, LK.stage_inputs(q2, d) + (q2, e_rss)
-
-
-@_static
-def _drift_vg(theta, base, d, x, V, entries):
-    def fun(th):
-        vec = LK.nll_drift(_params.with_values(base, entries, th), d, x, V)
-        return jnp.sum(vec), vec
-
-    (f, vec), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec
-
-
-@_static
-def _prog_vg(theta, base, d, a_c, U, entries):
-    def fun(th):
-        vec = LK.nll_prog(_params.with_values(base, entries, th), d, a_c, U)
-        return jnp.sum(vec), vec
-
-    (f, vec), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec
-

@@ -153,6 +153,7 @@ def simulate_hardware(key, weights, x, times, cfg=None, device=None, repeats: in
     return HardwareMeasurements(np.asarray(weights), np.asarray(x), np.asarray(times), np.asarray(ys[0]))
 
 
+@partial(jax.jit, static_argnames=("times", "cfg", "repeats"))
 def _simulate_vjp(log_scales, keys, cotangent, device, weights, x, y0, times, cfg, repeats):
     """Outputs of ``len(keys)`` simulated chips with scale factors ``exp(log_scales)``, their
     mean log-summaries ``m`` and ``cotangentᵀ ∂m/∂log_scales`` by reverse-mode

@@ -19,9 +19,8 @@ log-likelihoods (0 for devices a stage does not use).
   quadrature in ``ln g`` around the posterior mode), and ``P(g_prog = 0) = Φ(−g_T / σ_prog)``
   for devices whose reads are all 0.
 
-When Q_s is evaluated at the programmed conductance its argument is known only through
-``exp(â)``; the correction ``2 f(â) − E[f(â + √U z)]`` (a 3-point Gauss–Hermite average,
-i.e. ``f − f'' U / 2`` in ``ln g``) removes the errors-in-variables bias of ``Q_s²`` to ``O(U²)``.
+When Q_s is evaluated at the programmed conductance (the default), each device's Q_s² is
+its expectation over the programming distribution at its target (:func:`q2_device`).
 """
 
 from __future__ import annotations
@@ -38,6 +37,8 @@ _GH_X, _GH_W = np.polynomial.hermite.hermgauss(N_QUAD)
 _LOG_GH = np.log(_GH_W) + _GH_X**2
 _LOG_2PI = float(np.log(2 * np.pi))
 _TINY = 1e-30
+_GH5_X, _GH5_W = np.polynomial.hermite_e.hermegauss(5)
+_GH5_W = _GH5_W / _GH5_W.sum()  # expectation over a standard normal
 PAD = 2048  # devices are padded to a multiple of this, so compiled code is reused across fits
 
 
@@ -87,34 +88,38 @@ def noise_design(stats) -> dict:
     return out
 
 
-def _poly(c, q):
-    """Per-device polynomial ``Σ_k c[:, k] q^k`` (Horner)."""
-    out = c[:, -1]
-    for k in range(c.shape[1] - 2, -1, -1):
-        out = out * q + c[:, k]
+def _poly(c, q, axis=1):
+    """Per-device polynomial ``Σ_k c[..., k] q^k`` (Horner; coefficients on ``axis``)."""
+    c = jnp.moveaxis(c, axis, -1) if axis != c.ndim - 1 else c
+    out = c[..., -1]
+    for k in range(c.shape[-1] - 2, -1, -1):
+        out = out * q + c[..., k]
     return out
 
 
 def q2_device(model, d):
-    """Per-device Q_s² (times the read-noise scale), EIV-corrected if evaluated at g_prog."""
+    """Per-device Q_s² (times the read-noise scale).
+
+    With ``q_s_from="programmed"`` Q_s belongs to the programmed conductance, which a
+    device's own reads estimate only through its intercept ``â``, whose noise is
+    correlated with that of its ``ν̂``: plugging ``Q_s(exp â)`` into the stages would bias
+    them (a device's weight would depend on its own noise). Instead the expectation of
+    Q_s² over the programming distribution at the device's target is used, with 5-point
+    Gauss–Hermite nodes ``max(g_T + σ̃ x_k, 0)``: σ̃ is a pilot per target bin (data only,
+    :func:`device_arrays`) in a first pass of the fit and the fitted σ_prog in a second.
+    Every stage needs Q_s² only linearly (to first order in the read noise), so that
+    expectation gives them the right means and variances.
+    """
     rns = model.read_noise_scale
     cap = d["q_cap"]
+
+    def f(g):
+        q = rns * model.q_s(g)
+        return jnp.minimum(q * q, cap)
+
     if model.q_s_from == "target":
-        q = rns * model.q_s(d["g_target"])
-        return jnp.minimum(q * q, cap)
-
-    def f(u):
-        q = rns * model.q_s(jnp.exp(u))
-        return jnp.minimum(q * q, cap)
-
-    a_hat = d["a_hat"]
-    f0 = f(a_hat)
-    u1 = a_hat - _poly(d["cma"], f0)  # intercept corrected for E[e]
-    h = jnp.sqrt(3.0 * jnp.maximum(_poly(d["U"], f0), 1e-30))  # sqrt(3 U); floored: finite gradient
-    # 3-point Gauss-Hermite: E[f(u1 + sqrt(U) z)] = f + f'' U / 2 + O(U²); so 2 f − E[f]
-    # removes the errors-in-variables bias (and smooths over kinks of clipped laws).
-    lo, mid, hi = f(jnp.stack([u1 - h, u1, u1 + h]))
-    return jnp.clip(2.0 * mid - (lo + 4.0 * mid + hi) / 6.0, 0.25 * mid, cap)
+        return f(d["g_target"])
+    return jnp.einsum("k,kd->d", _GH5_W, f(d["g_nodes"]))
 
 
 def stage_inputs(q2, d):
@@ -155,16 +160,37 @@ def nll_drift(model, d, x, V):
 
 
 def nll_prog(model, d, a_c, U):
+    """Programming-stage NLL ``[D]``.
+
+    ``a_c`` and ``U`` (bias-corrected intercept and its variance at the device's average
+    Q_s²) place the quadrature; with ``q_s_from="programmed"`` the read noise of the
+    intercept belongs to the programmed conductance itself, so at every node ``g`` the
+    intercept's bias and variance are those of ``Q_s(g)`` (a device programmed low is
+    noisier: averaging that out would bias σ_prog).
+    """
     g_t = d["g_target"]
     S = jnp.maximum(model.prog_scale * model.prog_sigma(g_t), 1e-6)
     zero_nll = -log_ndtr(-g_t / S)
+    programmed = model.q_s_from == "programmed"
+    rns = model.read_noise_scale
+
+    def noise_at(u):  # [D, K] nodes -> (bias-corrected observation, variance)
+        if not programmed:
+            return a_c[:, None], U[:, None]
+        q = rns * model.q_s(jnp.exp(u))
+        q2 = jnp.clip(q * q, 1e-14, d["q_cap"][:, None])
+        bias = _poly(d["cma"][:, None, :], q2, axis=2)
+        var = jnp.maximum(_poly(d["U"][:, None, :], q2, axis=2), 1e-12)
+        return d["a_hat"][:, None] - bias, var
 
     def log_f(u):
+        obs, var = noise_at(u)
         e = jnp.exp(u)
-        return (-0.5 * (a_c - u) ** 2 / U - 0.5 * jnp.log(2 * jnp.pi * U)
-                - 0.5 * ((e - g_t) / S) ** 2 - jnp.log(S) - 0.5 * _LOG_2PI + u)
+        return (-0.5 * (obs - u) ** 2 / var - 0.5 * jnp.log(2 * jnp.pi * var)
+                - 0.5 * ((e - g_t[:, None]) / S[:, None]) ** 2 - jnp.log(S)[:, None] - 0.5 * _LOG_2PI + u)
 
-    # Posterior mode and curvature (stop_gradient: any centre gives a valid quadrature).
+    # Posterior mode and curvature at the average noise (stop_gradient: any centre and
+    # scale give a valid quadrature; these make it accurate).
     a_s, U_s, S_s = jax.lax.stop_gradient((a_c, U, S))
 
     def curvature(u):
@@ -179,9 +205,43 @@ def nll_prog(model, d, a_c, U):
     scale = jax.lax.stop_gradient(1.0 / jnp.sqrt(curvature(u)))
     u = jax.lax.stop_gradient(u)
     nodes = u[:, None] + np.sqrt(2.0) * scale[:, None] * _GH_X
-    log_int = jnp.log(np.sqrt(2.0) * scale) + logsumexp(_LOG_GH + log_f(nodes.T).T, axis=1)
+    log_int = jnp.log(np.sqrt(2.0) * scale) + logsumexp(_LOG_GH + log_f(nodes), axis=1)
     nll = jnp.where(d["all_zero"] > 0, zero_nll, -log_int)
     return jnp.where((d["usable"] > 0) | (d["all_zero"] > 0), nll, 0.0)
+
+
+def _programming_nodes(stats, cols) -> dict:
+    """Gauss–Hermite nodes ``max(g_T + σ̃ x_k, 0)`` ``[5, D]`` of the programmed conductance,
+    with σ̃ a pilot programming noise per target bin: the spread of ``exp(â) − g_T`` minus
+    the read-noise part ``exp(2â) U`` (at a pilot Q_s² per bin)."""
+    from pcmjax.fit._reduce import make_bins
+
+    q2 = stats.pilot_q2()
+    idx = make_bins(stats.g_target)[0]
+    horner = lambda c, q: np.sum(c * q[:, None] ** np.arange(c.shape[1]), axis=1)  # noqa: E731
+    sig = np.zeros(stats.n_devices)
+    for b in np.unique(idx):
+        sel = (idx == b) & stats.usable
+        if sel.sum() < 3:
+            continue
+        qb = q2[sel & np.isfinite(q2)]
+        qb = np.full(sel.sum(), qb.mean() if qb.size else 0.0)
+        qb = np.minimum(qb, cols["q_cap"][sel])
+        U = np.maximum(horner(cols["U"][sel], qb), 0.0)
+        a_c = stats.a_hat[sel] - horner(cols["cma"][sel], qb)
+        g_hat = np.exp(a_c)
+        s2 = np.var(g_hat - stats.g_target[sel]) - np.mean(g_hat**2 * np.expm1(U))
+        sig[idx == b] = np.sqrt(max(s2, 0.0))
+    return {"g_nodes": programming_nodes(stats.g_target, sig)}
+
+
+def programming_nodes(g_target, sigma, width=None):
+    """``[5, width]`` nodes ``max(g_T + σ x_k, 0)`` (zero-padded to ``width`` devices)."""
+    g_target = np.asarray(g_target, np.float64)
+    nodes = np.maximum(g_target[None, :] + np.asarray(sigma, np.float64)[None, :] * _GH5_X[:, None], 0.0)
+    if width is not None and width > nodes.shape[1]:
+        nodes = np.concatenate([nodes, np.zeros((nodes.shape[0], width - nodes.shape[1]))], axis=1)
+    return nodes
 
 
 def device_arrays(stats) -> dict:
@@ -192,10 +252,12 @@ def device_arrays(stats) -> dict:
     cols = {k: np.asarray(getattr(stats, k), np.float64) for k in
             ("g_target", "all_zero", "usable", "a_hat", "nu_hat", "rss", "dof")}
     cols.update(noise_design(stats))
+    cols.update(_programming_nodes(stats, cols))
     out = {}
     for k, v in cols.items():
-        pad = np.zeros((Dp - D,) + v.shape[1:])
-        if k in ("q_cap",):
-            pad += 1.0
-        out[k] = np.concatenate([v, pad])
+        axis = 1 if k == "g_nodes" else 0
+        shape = list(v.shape)
+        shape[axis] = Dp - D
+        pad = np.ones(shape) if k == "q_cap" else np.zeros(shape)
+        out[k] = np.concatenate([v, pad], axis=axis)
     return out

@@ -9,20 +9,28 @@ import jax
 import numpy as np
 
 LEVELS_SHOWN = 6
+SIM_DEVICES = 1000  # simulated devices per level in the g(t) figure
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # the CLI selects the Agg backend; notebooks keep theirs
 
     return plt
 
 
-def plot_laws(result, path):
+def _finish(plt, fig, path):
+    fig.tight_layout()
+    if path is None:
+        return fig
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_laws(result, path=None):
     """σ_prog, μ_ν, σ_ν and Q_s against conductance: per-bin estimates with standard errors
-    (points) and the fitted laws (lines). Returns the path written."""
+    (points) and the fitted laws (lines). Returns the path written, or the figure if
+    ``path`` is None."""
     plt = _pyplot()
     est = result.binned()
     m = result.model
@@ -56,15 +64,13 @@ def plot_laws(result, path):
     s = result.stats
     fig.suptitle(f"{result.family} fit to {s['n_devices']} devices: −2 log L = {2 * s['nll']:.1f}, "
                  f"AIC = {s['aic']:.1f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, path)
 
 
-def plot_drift(result, path, key=None):
+def plot_drift(result, path=None, key=None):
     """Conductance against time per conductance level: data mean and 10–90 % range against
-    the same statistics of devices simulated from the fitted model. Returns the path."""
+    the same statistics of devices simulated from the fitted model. Returns the path
+    written, or the figure if ``path`` is None."""
     plt = _pyplot()
     data = result.data
     idx, centers, edges = result.bins
@@ -94,7 +100,9 @@ def plot_drift(result, path, key=None):
                           for s in groups])
         from pcmjax.fit._data import simulate_measurements
 
-        sim = simulate_measurements(jax.random.fold_in(key, n), result.model, targets[:2000], tt)
+        # A fixed number of simulated devices per level (resampled targets): one compile.
+        pick_t = np.asarray(jax.random.choice(jax.random.fold_in(key, 1000 + n), targets, (SIM_DEVICES,)))
+        sim = simulate_measurements(jax.random.fold_in(key, n), result.model, pick_t, tt)
         sg = sim.g_uS.reshape(-1, tt.shape[0])
         color = f"C{n % 10}"
         ax.plot(tt, sg.mean(0), "-", color=color, label=f"fit, g_T ≈ {np.mean(targets):.3g} µS")
@@ -107,10 +115,7 @@ def plot_drift(result, path, key=None):
     ax.set_title("conductance vs time per level: mean (points/lines) and 10–90 % range (bars/bands)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _finish(plt, fig, path)
 
 
 def plot_fit(result, out_dir, prefix: str = "fit") -> list:
