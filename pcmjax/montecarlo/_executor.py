@@ -14,8 +14,9 @@ The mesh still defines the layout: a chunk's instance ids form a global array sh
 with ``NamedSharding(mesh, P("instances"))``; each process runs the program on its
 addressable shards (asynchronously, so devices work in parallel), and the outputs are
 reassembled into arrays with the same sharding. If an executable cannot be moved (a
-JAX version without the serialisation hooks), the program is compiled for that device
-as well: slower to start, same machine code.
+JAX version without the serialisation hooks, or an executable that came from the
+persistent compilation cache, which does not serialise completely), the program is
+compiled for that device as well: slower to start, same machine code.
 """
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ def _load_on(compiled, device):
                                no_kwargs=no_kwargs)
 
 
+def _persistent_cache_on() -> bool:
+    return bool(jax.config.jax_enable_compilation_cache and jax.config.jax_compilation_cache_dir)
+
+
+_COMPILED: dict = {}  # (program key, device id) → executable: reused when a study runs again
+_COMPILED_KEPT = 16  # in the same process (to extend it, with another chunk size or mesh)
+
+
+def _remember(key, device, executable):
+    if key is None:
+        return executable
+    while len(_COMPILED) >= _COMPILED_KEPT:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[(key, device.id)] = executable
+    return executable
+
+
 class MeshExecutor:
     """Runs ``fn(*args, ids)`` for a chunk of instance ids on every device of ``mesh``.
 
@@ -59,9 +77,11 @@ class MeshExecutor:
       mesh: a one-dimensional :class:`jax.sharding.Mesh` named ``axis``.
       args: the other (replicated) arguments, a tuple of pytrees.
       batch: instances per chunk over all devices (a multiple of the device count).
+      program_key: identifies ``fn``'s program for a per-device batch of ``batch // n``
+        (compiled programs are kept and reused under it); ``None``: always compile.
     """
 
-    def __init__(self, fn, mesh: Mesh, args: tuple, batch: int, axis: str = "instances"):
+    def __init__(self, fn, mesh: Mesh, args: tuple, batch: int, axis: str = "instances", program_key=None):
         self.mesh, self.batch, self.axis = mesh, batch, axis
         self.sharding = NamedSharding(mesh, PartitionSpec(axis))
         me = jax.process_index()
@@ -70,18 +90,42 @@ class MeshExecutor:
         if batch % n:
             raise ValueError(f"batch {batch} is not a multiple of the {n} devices.")
         per_device = np.zeros((batch // n,), np.int32)
-        first = self.devices[0]
-        self.args = {first: jax.device_put(args, first)}
-        compiled = jax.jit(fn).lower(*self.args[first], jax.device_put(per_device, first)).compile()
-        self.execs = {first: compiled}
-        self.moved = True
-        for d in self.devices[1:]:
+        key = None if program_key is None else (program_key, batch // n)
+        self.args, self.execs = {}, {}
+        self.compiled_here = 0
+        source = None  # a freshly compiled executable that can be moved to other devices
+        # An executable read back from the persistent compilation cache does not serialise
+        # completely (its kernels are missing when reloaded), so with that cache on, the
+        # program is compiled for each device instead (and cached for the next run).
+        movable = not _persistent_cache_on()
+        for d in self.devices:
             self.args[d] = jax.device_put(args, d)
-            try:
-                self.execs[d] = _load_on(compiled, d)
-            except Exception:  # noqa: BLE001 - any failure: compile for the device instead
-                self.moved = False
-                self.execs[d] = jax.jit(fn).lower(*self.args[d], jax.device_put(per_device, d)).compile()
+            if key is not None and (key, d.id) in _COMPILED:
+                self.execs[d] = _COMPILED[(key, d.id)]
+                continue
+            if source is None and movable:
+                source = next((_COMPILED[(key, o.id)] for o in self.devices if key is not None
+                               and (key, o.id) in _COMPILED), None)
+            if source is not None:
+                try:
+                    self.execs[d] = _remember(key, d, _load_on(source, d))
+                    continue
+                except Exception:  # noqa: BLE001 - any failure: compile for the device instead
+                    movable = False
+            self.execs[d] = _remember(key, d, jax.jit(fn).lower(*self.args[d], jax.device_put(per_device, d)).compile())
+            self.compiled_here += 1
+            if movable:
+                source = self.execs[d]
+
+    def memory_bytes(self) -> dict:
+        """XLA's memory figures of the per-device program (bytes), if it reports them."""
+        try:
+            m = self.execs[self.devices[0]].memory_analysis()
+            out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("temp", "argument", "output")}
+        except Exception:  # noqa: BLE001 - not every backend reports memory
+            return {}
+        out["total"] = sum(out.values())
+        return out
 
     def __call__(self, ids: np.ndarray):
         """Dispatch one chunk (``[batch]`` int ids); returns the outputs as global arrays

@@ -255,17 +255,29 @@ class NetworkWorkload(Workload):
                              f"the network was placed on, got {geometry}.")
 
     def _deployed(self):
+        """A deployed model used as a template (layout, graph, tiles); its own chip state is
+        never used (every instance programs its own), so it is not programmed."""
         if self._template is None:
             if self._geometry is None:
                 self.check_config(ChipConfig())
-            self._template = _nn().deploy(self.model, jax.random.key(0), self._layout_cfg, n_chips=self.n_chips)
+            import contextlib
+            from unittest import mock
+
+            from pcmjax.nn import deploy as deploy_module
+
+            skip = (mock.patch.object(deploy_module, "program_chip", lambda *a, **k: None)
+                    if hasattr(deploy_module, "program_chip") else contextlib.nullcontext())
+            with skip:
+                self._template = _nn().deploy(self.model, jax.random.key(0), self._layout_cfg, n_chips=self.n_chips)
         return self._template
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        if self._geometry is None:
-            self.check_config(ChipConfig())
-        return tuple(lp.name for lp in self._layout.layers)
+        """Paths of the analog layers, in chip order (as :func:`pcmjax.nn.plan` names them)."""
+        return tuple("/".join(str(p) for p in path) or "<root>" for path, _ in _nn().analog_layers(self.model))
+
+    def _layer_shapes(self):
+        return [tuple(int(d) for d in layer.matrix().shape) for _, layer in _nn().analog_layers(self.model)]
 
     def metric_names(self):
         return ("accuracy", "loss", *(f"layer_error/{n}" for n in self.layer_names))
@@ -273,8 +285,10 @@ class NetworkWorkload(Workload):
     def data(self):
         if self._data is None:
             dep = self._deployed()
-            _, ref = dep.reference(jnp.asarray(self.x_eval), record=True)
-            _, ref_cal = dep.reference(jnp.asarray(self.x_cal), record=True)
+            n_eval = self.x_eval.shape[0]
+            _, ref_all = dep.reference(jnp.asarray(np.concatenate([self.x_eval, self.x_cal])), record=True)
+            ref = {i: r[:n_eval] for i, r in ref_all.items()}
+            ref_cal = {i: r[n_eval:] for i, r in ref_all.items()}
             n = len(dep.layout.layers)
             biases = []
             for _, layer in _nn().analog_layers(self.model):  # chip_index order
@@ -339,7 +353,7 @@ class NetworkWorkload(Workload):
 
     def spec(self):
         flat = _flat_state(self.model)
-        return {"kind": self.kind, "layers": [[lp.name, list(lp.shape)] for lp in self._layout_or_plan().layers],
+        return {"kind": self.kind, "layers": [[n, list(sh)] for n, sh in zip(self.layer_names, self._layer_shapes())],
                 "params_sha256": _sha(*(v.get_value() for _, v in flat)),
                 "eval_sha256": _sha(self.x_eval, self.y_eval), "eval_examples": int(self.x_eval.shape[0]),
                 "calibration_sha256": _sha(self.x_cal), "calibration_examples": int(self.x_cal.shape[0]),
@@ -347,17 +361,11 @@ class NetworkWorkload(Workload):
                 **({"calibration_steps": self.calibration_steps} if self.calibration == "gradient" else {}),
                 "n_chips": self.n_chips, **self.spec_extra}
 
-    def _layout_or_plan(self):
-        if self._geometry is None:
-            self.check_config(ChipConfig())
-        return self._layout
-
     def describe(self):
-        lay = self._layout_or_plan()
-        shapes = ", ".join(f"{lp.shape[0]}×{lp.shape[1]}" for lp in lay.layers)
-        return (f"network {self.description}: layers {shapes} on {lay.n_tiles} cores; "
-                f"{self.x_eval.shape[0]} evaluation examples, calibration {self.calibration} on "
-                f"{self.x_cal.shape[0]} examples")
+        shapes = ", ".join(f"{r}×{c}" for r, c in self._layer_shapes())
+        cores = f" on {self._layout.n_tiles} cores" if self._geometry is not None else ""
+        return (f"network {self.description}: layers {shapes}{cores}; {self.x_eval.shape[0]} evaluation examples, "
+                f"calibration {self.calibration} on {self.x_cal.shape[0]} examples")
 
     @classmethod
     def from_checkpoint(cls, path, dataset: str = "digits", *, data_dir=None, eval_examples=None,

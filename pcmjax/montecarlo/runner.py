@@ -9,17 +9,20 @@ and more than twice the run time).
 
 On a device, instances run in groups of ``width`` (``jax.vmap`` over instance ids; the
 width is sized from a memory budget using a trace-time estimate of one instance's peak
-memory, :mod:`pcmjax.montecarlo._memory`), in a loop over the groups of the chunk.
+memory, :mod:`pcmjax.montecarlo._memory`), in a loop over the groups of a call.
 Chunks are sharded over a one-dimensional :class:`jax.sharding.Mesh` of the devices
 (instance axis ``"instances"``, ``NamedSharding(mesh, P("instances"))``); inputs are
 replicated. Each chunk is written to the output folder as soon as it is done.
 
 Reproducibility: an instance's results depend on ``(seed, i)`` and the vmap width only,
-and are bit-identical for any chunk size and device count: the loop over groups has a
-runtime trip count, so its body (the only code touching an instance) is the same
-whatever the chunk size, and every device runs the same executable
-(:mod:`pcmjax.montecarlo._executor`). The width is recorded in the manifest and reused
-when a run resumes.
+and are bit-identical for any chunk size and any number of the process's devices: one
+call of the compiled program takes a fixed number of groups per device, whatever the
+chunk size (a chunk is one or more calls), the loop over groups has a runtime trip
+count, and every device runs the same executable (:mod:`pcmjax.montecarlo._executor`). The width is recorded in the manifest and reused
+when a run resumes. (Two processes whose XLA CPU clients have different thread counts,
+e.g. started with different ``--xla_force_host_platform_device_count``, split CPU loops
+differently, which can change the last bits.) A study run again in the same process
+reuses its compiled program.
 
 Several hosts: start every process with the same command after
 ``jax.distributed.initialize(...)`` (``pcmjax study --distributed`` calls it with the
@@ -49,8 +52,13 @@ from pcmjax.montecarlo.store import RunFolder, atomic_write_bytes, atomic_write_
 from pcmjax.montecarlo.study import Study
 
 AXIS = "instances"
-MAX_WIDTH = 8  # instances vmapped together on one device
-GROUPS_PER_CHUNK = 4  # default chunk: this many groups per device ...
+MAX_WIDTH = 8  # instances vmapped together on one device, at most ...
+GROUP_TARGET_BYTES = 64 << 20  # ... and about this much memory per group: a larger group
+# only adds cache misses (the default network study ran 20 % slower with 8 than with 1)
+GROUPS_PER_CALL = 4  # groups per device in one call of the compiled program (at least
+# two: with room for one group only, XLA simplifies the loop and compiles differently)
+GROUPS_PER_CHUNK = 4  # default chunk: at least this many groups per device ...
+MAX_CHUNKS = 64  # ... and more when a run would otherwise need more chunks than this,
 MIN_CHUNKS = 4  # ... but split a run into at least this many chunks
 HIST_BINS = 60
 
@@ -128,52 +136,55 @@ def make_mesh(devices=None) -> Mesh:
 def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: int,
                  chunk_size: int | None = None, n_local_devices: int | None = None,
                  width: int | None = None) -> tuple[int, int, int]:
-    """``(instances per chunk, batch capacity, vmap width)`` for ``n_todo`` instances.
+    """``(instances per chunk, batch of one call, vmap width)`` for ``n_todo`` instances.
 
     The *width* is how many instances one device evaluates at once with ``jax.vmap``:
-    the most that fit in ``budget`` (bytes per process, shared by its devices), at most
-    ``MAX_WIDTH``. A chunk (the unit of progress and of the files written) holds
-    ``chunk_size`` instances, by default ``GROUPS_PER_CHUNK`` groups of ``width`` per
-    device, fewer when that would leave less than ``MIN_CHUNKS`` chunks. The batch
-    capacity is the chunk rounded up to whole groups on every device (at least two); a
-    device runs only the groups that hold instances.
+    as many as fit in ``GROUP_TARGET_BYTES`` and in the device's share of ``budget``
+    (bytes per process), between 1 and ``MAX_WIDTH``. A call of the compiled program
+    evaluates up to ``GROUPS_PER_CALL`` groups per device, whatever the chunk size, so
+    one compiled program serves every chunk size. A chunk (the unit of progress and of
+    the files written) holds ``chunk_size`` instances; by default ``GROUPS_PER_CHUNK``
+    groups per device, more if the run would need more than ``MAX_CHUNKS`` chunks, fewer
+    if it would have less than ``MIN_CHUNKS``.
     """
     n_local = n_devices if n_local_devices is None else n_local_devices
     if width is None:
-        width = int(max(1, min(MAX_WIDTH, budget // max(1, bytes_per_instance * n_local))))
+        room = min(budget // max(1, n_local), GROUP_TARGET_BYTES)
+        width = int(max(1, min(MAX_WIDTH, room // max(1, bytes_per_instance))))
     unit = width * n_devices
     if chunk_size is not None:
         per_chunk = int(chunk_size)
     else:
-        per_chunk = min(unit * GROUPS_PER_CHUNK, max(unit, math.ceil(n_todo / MIN_CHUNKS / unit) * unit))
+        per_chunk = unit * max(GROUPS_PER_CHUNK, math.ceil(n_todo / MAX_CHUNKS / unit))
+        per_chunk = min(per_chunk, max(unit, math.ceil(n_todo / MIN_CHUNKS / unit) * unit))
     per_chunk = max(1, min(per_chunk, max(1, n_todo)))
-    # At least two groups of room per device: with room for one only, XLA simplifies the
-    # loop's output update and the instance code is compiled differently.
-    groups_per_device = max(2, math.ceil(math.ceil(per_chunk / width) / n_devices))
-    return per_chunk, groups_per_device * width * n_devices, width
+    return per_chunk, GROUPS_PER_CALL * width * n_devices, width
 
 
-def layout_chunk(ids: np.ndarray, batch: int, n_devices: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Place a chunk's instance ids in the batch: groups of ``width`` dealt to the devices
-    in turn, each device's groups first in its block; free slots hold −1.
+def layout_chunk(ids: np.ndarray, batch: int, n_devices: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Place a chunk's instance ids into calls of ``batch`` ids: groups of ``width`` dealt
+    to the devices in turn, each device's groups first in its block; free slots hold −1.
 
     Returns:
-      ``(padded ids [batch], position of each id in the batch)``.
+      one ``(padded ids [batch], index of each placed chunk instance, its position)``
+      per call, as ``(padded, (chunk_index, position))``.
     """
     block = batch // n_devices
-    padded = np.full(batch, -1, np.int64)
-    pos = np.empty(ids.size, np.int64)
-    fill = [0] * n_devices
-    for j, start in enumerate(range(0, ids.size, width)):
-        k = j % n_devices
-        g = ids[start:start + width]
-        p0 = k * block + fill[k]
-        if fill[k] + width > block:
-            raise ValueError(f"a chunk of {ids.size} instances does not fit a batch of {batch}.")
-        padded[p0:p0 + g.size] = g
-        pos[start:start + g.size] = np.arange(p0, p0 + g.size)
-        fill[k] += width
-    return padded, pos
+    per_call = block // width  # groups per device and call
+    groups = [np.arange(a, min(a + width, ids.size)) for a in range(0, ids.size, width)]
+    by_device = [groups[k::n_devices] for k in range(n_devices)]
+    calls = []
+    for c in range(max(1, math.ceil(max(len(g) for g in by_device) / per_call))):
+        padded = np.full(batch, -1, np.int64)
+        idx, pos = [], []
+        for k, dev_groups in enumerate(by_device):
+            for j, g in enumerate(dev_groups[c * per_call:(c + 1) * per_call]):
+                p0 = k * block + j * width
+                padded[p0:p0 + g.size] = ids[g]
+                idx.append(g)
+                pos.append(np.arange(p0, p0 + g.size))
+        calls.append((padded, (np.concatenate(idx), np.concatenate(pos))))
+    return calls
 
 
 def device_function(one, width: int):
@@ -291,11 +302,13 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
                                             if done else ""))
 
     if todo.size:
+        t0 = time.perf_counter()
         data = study.workload.data()
         seed = np.uint32(study.seed)
         times = np.asarray(study.times, np.float32)
         one = instance_function(study)
         per_instance = _memory.estimate_peak_bytes(one, data, study.device, seed, times, np.int32(0))
+        info["prepare_s"] = time.perf_counter() - t0
         if vmap_width is None and manifest.get("vmap_width"):
             vmap_width = int(manifest["vmap_width"])  # resume bit-identically
         per_chunk, batch, width = choose_chunk(todo.size, n_dev, per_instance, budget, chunk_size, n_local,
@@ -304,15 +317,17 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
                     memory_budget=budget)
         if folder is not None and writer and manifest.get("vmap_width") != width:
             folder.update_manifest(vmap_width=width)
-        log(f"  running:  {todo.size} instances in chunks of {per_chunk} (batch {batch}, {width} at once per "
-            f"device) on {n_dev} {jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per "
+        log(f"  running:  {todo.size} instances in chunks of {per_chunk} ({width} at once per device, up to "
+            f"{batch} per call) on {n_dev} {jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per "
             f"instance, budget {_memory.format_bytes(budget)}")
         per_device = device_function(one, width)
 
         t0 = time.perf_counter()
         log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
-        run_chunk = MeshExecutor(per_device, mesh, (data, study.device, seed, times), batch, AXIS)
+        run_chunk = MeshExecutor(per_device, mesh, (data, study.device, seed, times), batch, AXIS,
+                                 program_key=(study.hash(), width))
         info["compile_s"] = time.perf_counter() - t0
+        info["xla_memory_per_device"] = run_chunk.memory_bytes()
         log(f"  compiled in {info['compile_s']:.1f} s")
 
         progress = _Progress(study.instances, len(done), shape[0] * shape[1], study.name, quiet or not writer)
@@ -321,15 +336,17 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
         pending = None  # dispatch the next chunk before fetching the previous one
         try:
             for ids in [*chunks, None]:
-                if ids is None:
-                    nxt = None
-                else:
-                    padded, pos = layout_chunk(ids, batch, n_dev, width)
-                    nxt = (ids, pos, run_chunk(padded))
+                nxt = None
+                if ids is not None:
+                    nxt = (ids, [(where, run_chunk(padded)) for padded, where in
+                                 layout_chunk(ids, batch, n_dev, width)])
                 if pending is not None:
-                    p_ids, p_pos, p_out = pending
-                    values = _host(p_out["values"])[p_pos]
-                    hist = _host(p_out["hist"])[p_pos]
+                    p_ids, calls = pending
+                    values = np.empty((p_ids.size, *shape), np.float32)
+                    hist = np.empty((p_ids.size, len(study.variants), len(study.times), HIST_BINS), np.float32)
+                    for (idx, pos), out in calls:
+                        values[idx] = _host(out["values"])[pos]
+                        hist[idx] = _host(out["hist"])[pos]
                     if folder is not None and writer:
                         folder.write_chunk(p_ids, values, hist)
                     done.update(zip(p_ids.tolist(), zip(values, hist)))
