@@ -46,8 +46,8 @@ def fitted(family):
     """(truth, data, result) of a family's round trip, computed once per session."""
     if family not in _CACHE:
         truth = TRUTHS[family]
-        g_t = jax.random.uniform(jax.random.key(1), (N_DEVICES,), minval=0.0, maxval=float(truth.g_max))
-        data = simulate_measurements(jax.random.key(2), truth, np.asarray(g_t), TIMES)
+        g_t = jax.random.uniform(jax.random.key(10), (N_DEVICES,), minval=0.0, maxval=float(truth.g_max))
+        data = simulate_measurements(jax.random.key(11), truth, np.asarray(g_t), TIMES)
         kw = dict(degree=2) if family == "flexible" else {}
         res = fit_device_model(data, family, num_devices=truth.num_devices, init=_perturbed(truth), **kw)
         _CACHE[family] = (truth, data, res)

@@ -34,7 +34,9 @@ def fit_entries(model0, entries, sub, se, max_iter):
         ev.n_devices = sub.n_devices
         free = np.zeros(len(entries), bool)
         results, prev = {}, {}
-        two_passes = model0.q_s_from == "programmed" and st_idx["prog"].size > 0
+        # (constant Q_s laws need no averaging over the programming distribution)
+        two_passes = (model0.q_s_from == "programmed" and st_idx["prog"].size > 0
+                      and model0.family != "state_independent")
         n_pass = 2 if two_passes else 1
         for pass_ in range(n_pass):
             last = pass_ == n_pass - 1
