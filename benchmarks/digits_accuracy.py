@@ -16,9 +16,10 @@ The last line printed is one JSON object for the MLP:
 ``{"float": acc, "results": {variant: {time_s: [mean, std]}}, "extra": {"float_gdc_cal": ...},
 "cnn": {...the same for the CNN}}``.
 
-``--adc-cal-error 0.05,2`` leaves a larger residual of the chips' one-time ADC calibration
-(5 % per-column gain, 2 counts offset instead of 0.5 % and 0.25), a stale-calibration
-stress case with per-column errors that global drift compensation cannot see.
+``--adc-cal-error 0.07,3`` leaves larger residuals of the chips' one-time per-column ADC
+calibration (here: none done, the raw 7 % gain spread and a 3-count offset, instead of
+0.5 % and 0.25), a stress case with per-column errors that global drift compensation
+cannot see.
 
 Usage: ``python benchmarks/digits_accuracy.py [--instances 20] [--quick] [--models mlp,cnn]``.
 """

@@ -29,7 +29,8 @@ class ChipContext:
     Attributes:
       layout: the :class:`pcmjax.nn.deploy.Layout` (static).
       state: the programmed :class:`pcmjax.ChipState` holding every tile.
-      calibration: per-layer ``gamma``/``beta`` tuples and ``input_scale`` factors.
+      calibration: per-layer ``gamma``/``beta`` (``[out]``) and ``tile_gamma``
+        (``[row splits, out]``) tuples and ``input_scale`` factors.
       key: a ``jax.random`` key for read and ADC noise.
       outputs: if a dict, every analog layer stores its output there by ``chip_index``.
     """
@@ -87,8 +88,9 @@ def chip_matmul(layer, x2d):
 
     The input is scaled into [−1, 1] by the layer's input range (times the calibrated
     factor), split into row chunks, zero-padded to the tile rows and sent to every tile;
-    row partial sums are added digitally, column chunks concatenated, then the calibrated
-    per-column affine ``γ' y + β'`` is applied.
+    each tile's columns are scaled by its calibrated gain (the core's digital unit), row
+    partial sums are added digitally, column chunks concatenated, then the calibrated
+    per-column affine ``γ' y + β'`` of the layer is applied.
     """
     from pcmjax.chip.mvm import mvm
 
@@ -110,6 +112,8 @@ def chip_matmul(layer, x2d):
     xt = jnp.repeat(xt, n_c, axis=0)  # tile (r, c) sits on core first_core + r·n_c + c
     sub = slice_cores(ctx.state, lp.first_core, n_r * n_c, rows, cols)
     y = mvm(jax.random.fold_in(ctx.key, i), sub, xt)  # [tiles, N, cols]
-    y = jnp.sum(y.reshape(n_r, n_c, *y.shape[1:]), axis=0)
-    y = jnp.concatenate([y[j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)
-    return (y * s) * cal["gamma"][i] + cal["beta"][i]
+    y = y.reshape(n_r, n_c, *y.shape[1:])
+    y = jnp.concatenate([y[:, j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)  # [n_r, N, out]
+    if "tile_gamma" in cal:  # each core's digital unit scales its own columns before the digital sum
+        y = y * cal["tile_gamma"][i][:, None, :]
+    return (jnp.sum(y, axis=0) * s) * cal["gamma"][i] + cal["beta"][i]

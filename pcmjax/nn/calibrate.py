@@ -1,8 +1,9 @@
 """End-to-end calibration of a deployed network by gradients through the simulated chip.
 
 Per analog layer and output column, a multiplicative ``γ'`` and an additive ``β'``
-(start 1 and 0) act on the digital unit's output, and per layer a factor on the input
-range. They are learned with optax on a small unlabelled calibration set, so that each
+(start 1 and 0) act on the digital units' output, a gain per core column scales each
+row tile's partial sums before they are added (for layers split over several cores,
+whose columns have their own ADCs), and per layer a factor scales the input range. They are learned with optax on a small unlabelled calibration set, so that each
 layer's output on the chip matches the digital network's output of that layer (mean
 squared error, normalised by the reference's variance so every layer counts alike).
 Layers run chained (each sees the chip's own previous outputs), so a layer also learns to
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from pcmjax._validate import check_key
-from pcmjax.nn.deploy import DeployedModel
+from pcmjax.nn.deploy import DeployedModel, identity_calibration
 
 _EPS = 1e-8
 
@@ -39,8 +40,8 @@ def _as_inputs(data):
 
 
 def _unpack(params):
-    cal = {"gamma": params["gamma"], "beta": params["beta"], "input_scale": jnp.exp(params["log_input_scale"])}
-    return cal
+    return {"gamma": params["gamma"], "beta": params["beta"], "tile_gamma": params["tile_gamma"],
+            "input_scale": jnp.exp(params["log_input_scale"])}
 
 
 def make_calibrator(deployed: DeployedModel, data, *, steps: int = 200, learning_rate: float = 1e-2,
@@ -82,8 +83,8 @@ def make_calibrator(deployed: DeployedModel, data, *, steps: int = 200, learning
         return sum(terms) / n_layers
 
     def fn(state, key):
-        params = {"gamma": tuple(jnp.ones((lp.shape[1],)) for lp in deployed.layout.layers),
-                  "beta": tuple(jnp.zeros((lp.shape[1],)) for lp in deployed.layout.layers),
+        ident = identity_calibration(deployed.layout)
+        params = {"gamma": ident["gamma"], "beta": ident["beta"], "tile_gamma": ident["tile_gamma"],
                   "log_input_scale": jnp.zeros((n_layers,))}
         opt_state = tx.init(params)
 

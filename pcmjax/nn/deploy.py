@@ -165,10 +165,16 @@ def tile_weights(model, layout: Layout):
 
 
 def identity_calibration(layout: Layout) -> dict:
-    """Calibration parameters that change nothing: ``γ' = 1``, ``β' = 0``, input factor 1."""
+    """Calibration parameters that change nothing.
+
+    Returns:
+      ``{"gamma": (γ' [out] per layer), "beta": (β' [out]), "tile_gamma": ([row splits,
+      out]: the gain of every core column), "input_scale": [layers]}``: ones, zeros, ones, ones.
+    """
     return {
         "gamma": tuple(jnp.ones((lp.shape[1],), jnp.float32) for lp in layout.layers),
         "beta": tuple(jnp.zeros((lp.shape[1],), jnp.float32) for lp in layout.layers),
+        "tile_gamma": tuple(jnp.ones((len(lp.row_chunks), lp.shape[1]), jnp.float32) for lp in layout.layers),
         "input_scale": jnp.ones((len(layout.layers),), jnp.float32),
     }
 
