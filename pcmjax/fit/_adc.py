@@ -175,7 +175,8 @@ def fit_adc(inputs, counts, *, n_max: int | None = None, cfg=None, counts_per_un
         val, g, H = _value_grad_hessian(theta, ss, cc, w, counts_per_unit, n_max)
         for _ in range(max_iter):
             # Levenberg-damped Newton step per column; accepted where it lowers that column's NLL.
-            damp = lam[:, None, None] * (np.abs(np.diagonal(H, axis1=1, axis2=2))[:, :, None] * np.eye(4) + 1e-9 * np.eye(4))
+            diag = np.abs(np.diagonal(H, axis1=1, axis2=2))[:, :, None]
+            damp = lam[:, None, None] * (diag * np.eye(4) + 1e-9 * np.eye(4))
             try:
                 step = np.linalg.solve(H + damp, g[..., None])[..., 0]
             except np.linalg.LinAlgError:

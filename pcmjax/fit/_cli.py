@@ -27,11 +27,13 @@ def build_parser(prog: str = "pcmjax fit") -> argparse.ArgumentParser:
     p.add_argument("--num-devices", type=int, default=None, choices=(1, 2), help="devices per sign of a unit cell")
     p.add_argument("--q-s-from", default="programmed", choices=("programmed", "target"),
                    help="evaluate Q_s at the programmed (default) or the target conductance")
-    p.add_argument("--g-max", type=float, default=None, help="g_max in µS (default: the family's, or the largest target)")
+    p.add_argument("--g-max", type=float, default=None,
+                   help="g_max in µS (default: the family's, or the largest target)")
     p.add_argument("--t0", type=float, default=None, help="drift reference time t0 in s (held fixed)")
     p.add_argument("--t-read", type=float, default=None, help="read duration t_read in s (held fixed)")
     p.add_argument("--basis", default="poly", choices=("poly", "spline"), help="flexible family: basis")
-    p.add_argument("--degree", type=int, default=3, help="flexible family: polynomial degree (spline: coefficients - 1)")
+    p.add_argument("--degree", type=int, default=3,
+                   help="flexible family: polynomial degree (spline: coefficients - 1)")
     p.add_argument("--max-rel-noise", type=float, default=0.3,
                    help="leave out target bins whose relative read noise exceeds this (default 0.3)")
     p.add_argument("--se", default="sandwich", choices=("sandwich", "hessian"), help="standard-error method")

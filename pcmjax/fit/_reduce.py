@@ -162,7 +162,6 @@ def reduce_devices(data, t0: float, t_read: float) -> DeviceStats:
     # A = Σ w X Xᵀ with X_j = (1, −L_j).
     s0, s1, s2 = w.sum(1), -(w * L).sum(1), (w * L * L).sum(1)
     det = s0 * s2 - s1 * s1
-    L_spread = np.where(pos, L, np.nan)
     distinct = (np.nanmax(np.where(pos, L, -np.inf), axis=1) - np.nanmin(np.where(pos, L, np.inf), axis=1)) > 1e-9
     usable = (~some_zero) & (n_pos >= 2) & distinct & (det > 0)
     det = np.where(usable, det, 1.0)
@@ -174,10 +173,10 @@ def reduce_devices(data, t0: float, t_read: float) -> DeviceStats:
     rss = np.sum(w * resid * resid, axis=1)
     h = np.einsum("daj,dab,dbj->dj", X, inv, X)
     lev = w * (1.0 - w * h)
-    del L_spread
     z = lambda a: np.where(usable[:, None] if a.ndim == 2 else usable[:, None, None], a, 0.0)  # noqa: E731
     return DeviceStats(
-        ids=dev["ids"], g_target=dev["g_target"], all_zero=all_zero, usable=usable, L=z(L), n2=z(np.where(mask, n2, 1.0)),
+        ids=dev["ids"], g_target=dev["g_target"], all_zero=all_zero, usable=usable, L=z(L),
+        n2=z(np.where(mask, n2, 1.0)),
         w=z(w), C=z(C), lev=z(lev), a_hat=np.where(usable, beta[:, 0], 0.0), nu_hat=np.where(usable, beta[:, 1], 0.0),
         rss=np.where(usable, rss, 0.0), dof=np.where(usable, n_pos - 2, 0), t0=float(t0), t_read=float(t_read),
         t=t, g=g, mask=mask,
