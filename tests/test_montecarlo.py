@@ -172,7 +172,7 @@ def test_memory_estimate_tracks_live_values():
                                                 (200, 2, 150)])
 def test_chunks_cover_every_instance_once(n_todo, n_dev, chunk):
     per_chunk, batch, width = runner.choose_chunk(n_todo, n_dev, 10 << 20, 1 << 30, chunk)
-    assert batch == runner.GROUPS_PER_CALL * width * n_dev  # one program for every chunk size
+    assert batch == width * n_dev  # one program, one group per device, for every chunk size
     ids = np.arange(n_todo)
     seen = []
     for a in range(0, n_todo, per_chunk):
@@ -267,8 +267,9 @@ def test_run_writes_results_summary_figures(tmp_path, xla_cache, reference):
     assert len(list((out / "chunks").glob("chunk-*.npz"))) == 10  # ceil(64 / 7)
     hist = res.histograms
     assert hist["counts"].shape == (2, 3, runner.HIST_BINS)
-    # every programmed device of every instance is counted once per time (none drift above the top edge)
-    n_programmed = int(np.count_nonzero(np.asarray(tiny_study().workload.data()["w"]))) * 64
+    # every programmed device of the first HIST_INSTANCES instances is counted once per time
+    assert hist["instances"] == runner.HIST_INSTANCES
+    n_programmed = int(np.count_nonzero(np.asarray(tiny_study().workload.data()["w"]))) * runner.HIST_INSTANCES
     assert np.all(hist["counts"].sum(-1) <= n_programmed) and np.all(hist["counts"].sum(-1) > 0.99 * n_programmed)
     back = mc.load_results(out)
     assert np.array_equal(back.values, res.values) and back.histograms is not None

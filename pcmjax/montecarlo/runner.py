@@ -9,16 +9,17 @@ and more than twice the run time).
 
 On a device, instances run in groups of ``width`` (``jax.vmap`` over instance ids; the
 width is sized from a memory budget using a trace-time estimate of one instance's peak
-memory, :mod:`pcmjax.montecarlo._memory`), in a loop over the groups of a call.
+memory, :mod:`pcmjax.montecarlo._memory`); one call of the compiled program evaluates
+one group on every device.
 Chunks are sharded over a one-dimensional :class:`jax.sharding.Mesh` of the devices
 (instance axis ``"instances"``, ``NamedSharding(mesh, P("instances"))``); inputs are
 replicated. Each chunk is written to the output folder as soon as it is done.
 
 Reproducibility: an instance's results depend on ``(seed, i)`` and the vmap width only,
 and are bit-identical for any chunk size and any number of the process's devices: one
-call of the compiled program takes a fixed number of groups per device, whatever the
-chunk size (a chunk is one or more calls), the loop over groups has a runtime trip
-count, and every device runs the same executable (:mod:`pcmjax.montecarlo._executor`). The width is recorded in the manifest and reused
+call of the compiled program evaluates one group per device, whatever the chunk size (a
+chunk is one or more calls), and every device runs the same executable
+(:mod:`pcmjax.montecarlo._executor`). The width is recorded in the manifest and reused
 when a run resumes. (Two processes whose XLA CPU clients have different thread counts,
 e.g. started with different ``--xla_force_host_platform_device_count``, split CPU loops
 differently, which can change the last bits.) A study run again in the same process
@@ -55,12 +56,12 @@ AXIS = "instances"
 MAX_WIDTH = 8  # instances vmapped together on one device, at most ...
 GROUP_TARGET_BYTES = 64 << 20  # ... and about this much memory per group: a larger group
 # only adds cache misses (the default network study ran 20 % slower with 8 than with 1)
-GROUPS_PER_CALL = 4  # groups per device in one call of the compiled program (at least
-# two: with room for one group only, XLA simplifies the loop and compiles differently)
+GROUPS_PER_CALL = 1  # groups per device in one call of the compiled program
 GROUPS_PER_CHUNK = 4  # default chunk: at least this many groups per device ...
 MAX_CHUNKS = 64  # ... and more when a run would otherwise need more chunks than this,
 MIN_CHUNKS = 4  # ... but split a run into at least this many chunks
 HIST_BINS = 60
+HIST_INSTANCES = 8  # instances pooled in the conductance histograms
 
 
 def enable_compilation_cache(path=None) -> str:
@@ -80,14 +81,30 @@ def histogram_edges(study: Study) -> np.ndarray:
     return np.linspace(0.0, 1.1 * float(np.asarray(study.device.g_max)), HIST_BINS + 1)
 
 
-def instance_function(study: Study, histograms: bool = True):
-    """``f(data, device, seed, times, i) → {"values": [T, V, M], "hist": [V, T, bins]}``.
-
-    The histogram counts the devices with a non-zero target by conductance (bins of
-    :func:`histogram_edges`); the conductances are the ones the evaluation ages, so XLA
-    computes them once.
-    """
+def instance_function(study: Study):
+    """``f(data, device, seed, times, i) → [T, V, M]``: every metric of instance ``i`` at
+    every time for every variant (pure; instance ``i`` uses ``fold_in(key(seed), i)``)."""
     workload, variants, metrics = study.workload, study.resolved_variants(), study.metrics
+
+    def one(data, device, seed, times, i):
+        key = jax.random.fold_in(jax.random.key(seed), i)
+        values = []
+        for v in variants:
+            out = jax.vmap(lambda t, v=v: workload.evaluate(data, device, key, t, v))(times)
+            missing = [m for m in metrics if m not in out]
+            if missing:
+                raise KeyError(f"workload {workload.kind!r} did not return metric(s) {missing}; it returned "
+                               f"{sorted(out)}.")
+            values.append(jnp.stack([jnp.asarray(out[m], jnp.float32) for m in metrics], axis=-1))
+        return jnp.stack(values, axis=1)
+
+    return one
+
+
+def histogram_function(study: Study):
+    """``f(data, device, seed, times, i) → [V, T, bins]``: instance ``i``'s devices with a
+    non-zero target counted by conductance (bins of :func:`histogram_edges`)."""
+    workload, variants = study.workload, study.resolved_variants()
     top = float(histogram_edges(study)[-1])
 
     def hist(data, device, key, t, v):
@@ -98,20 +115,7 @@ def instance_function(study: Study, histograms: bool = True):
 
     def one(data, device, seed, times, i):
         key = jax.random.fold_in(jax.random.key(seed), i)
-        values, hists = [], []
-        for v in variants:
-            out = jax.vmap(lambda t, v=v: workload.evaluate(data, device, key, t, v))(times)
-            missing = [m for m in metrics if m not in out]
-            if missing:
-                raise KeyError(f"workload {workload.kind!r} did not return metric(s) {missing}; it returned "
-                               f"{sorted(out)}.")
-            values.append(jnp.stack([jnp.asarray(out[m], jnp.float32) for m in metrics], axis=-1))
-            if histograms:
-                hists.append(jax.vmap(lambda t, v=v: hist(data, device, key, t, v))(times))
-        out = {"values": jnp.stack(values, axis=1)}
-        if histograms:
-            out["hist"] = jnp.stack(hists)
-        return out
+        return jnp.stack([jax.vmap(lambda t, v=v: hist(data, device, key, t, v))(times) for v in variants])
 
     return one
 
@@ -141,8 +145,8 @@ def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: i
     The *width* is how many instances one device evaluates at once with ``jax.vmap``:
     as many as fit in ``GROUP_TARGET_BYTES`` and in the device's share of ``budget``
     (bytes per process), between 1 and ``MAX_WIDTH``. A call of the compiled program
-    evaluates up to ``GROUPS_PER_CALL`` groups per device, whatever the chunk size, so
-    one compiled program serves every chunk size. A chunk (the unit of progress and of
+    evaluates one group per device, whatever the chunk size, so one compiled program
+    serves every chunk size. A chunk (the unit of progress and of
     the files written) holds ``chunk_size`` instances; by default ``GROUPS_PER_CHUNK``
     groups per device, more if the run would need more than ``MAX_CHUNKS`` chunks, fewer
     if it would have less than ``MIN_CHUNKS``.
@@ -187,23 +191,29 @@ def layout_chunk(ids: np.ndarray, batch: int, n_devices: int, width: int) -> lis
     return calls
 
 
-def device_function(one, width: int):
-    """The per-device program: a loop over the groups of ``width`` ids that hold
-    instances (the count is a runtime value, so the loop body, the only code that
-    touches an instance, is the same for any chunk size), each group ``jax.vmap``-ed."""
-    group = jax.vmap(one, in_axes=(None, None, None, None, 0))
+def device_function(study: Study, width: int, histogram_instances: int = 0):
+    """The per-device program ``f(data, device, seed, times, ids[width]) → {"values", "hist"}``:
+    one group of instances, ``jax.vmap``-ed; ids < 0 are free slots (computed as instance
+    0, then dropped).
+
+    Conductance histograms (binning every device costs about as much as the evaluation
+    itself) are computed only for instances ``< histogram_instances``, in a branch the
+    other groups skip. (A loop over several groups inside the program would save calls,
+    but XLA's CPU backend ran the loop body about 2.4 times slower than the same code
+    outside a loop.)
+    """
+    group = jax.vmap(instance_function(study), in_axes=(None, None, None, None, 0))
+    group_hist = jax.vmap(histogram_function(study), in_axes=(None, None, None, None, 0))
+    n_t, n_v = len(study.times), len(study.variants)
 
     def per_device(data, device, seed, times, ids):
-        n_valid = (jnp.sum(ids >= 0) + width - 1) // width
-        shapes = jax.eval_shape(group, data, device, seed, times, ids[:width])
-        out0 = jax.tree.map(lambda s: jnp.zeros((ids.shape[0], *s.shape[1:]), s.dtype), shapes)
-
-        def body(g, out):
-            idx = jnp.maximum(jax.lax.dynamic_slice_in_dim(ids, g * width, width), 0)
-            res = group(data, device, seed, times, idx)
-            return jax.tree.map(lambda o, r: jax.lax.dynamic_update_slice_in_dim(o, r, g * width, 0), out, res)
-
-        return jax.lax.fori_loop(0, n_valid, body, out0)
+        idx = jnp.maximum(ids, 0)
+        want = (ids >= 0) & (ids < histogram_instances)
+        hist = jax.lax.cond(
+            jnp.any(want),
+            lambda: group_hist(data, device, seed, times, idx) * want[:, None, None, None],
+            lambda: jnp.zeros((width, n_v, n_t, HIST_BINS), jnp.float32))
+        return {"values": group(data, device, seed, times, idx), "hist": hist}
 
     return per_device
 
@@ -251,7 +261,8 @@ def _host(x):
 
 # -- the run -------------------------------------------------------------------------
 def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None = None, memory_budget=None,
-              devices=None, quiet: bool = False, plots: bool = True, vmap_width: int | None = None) -> Results:
+              devices=None, quiet: bool = False, plots: bool = True, vmap_width: int | None = None,
+              histogram_instances: int = HIST_INSTANCES) -> Results:
     """Run (or resume) ``study``, writing its results into ``output``.
 
     Args:
@@ -268,6 +279,7 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
       plots: write PNG figures (needs matplotlib).
       vmap_width: instances one device evaluates at once (default: from
         ``memory_budget``, at most ``MAX_WIDTH``).
+      histogram_instances: the conductance histograms pool instances ``0 …`` this − 1.
 
     Returns:
       the :class:`Results`; ``results.histograms`` holds the conductance histograms and
@@ -306,8 +318,8 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
         data = study.workload.data()
         seed = np.uint32(study.seed)
         times = np.asarray(study.times, np.float32)
-        one = instance_function(study)
-        per_instance = _memory.estimate_peak_bytes(one, data, study.device, seed, times, np.int32(0))
+        per_instance = _memory.estimate_peak_bytes(instance_function(study), data, study.device, seed, times,
+                                                   np.int32(0))
         info["prepare_s"] = time.perf_counter() - t0
         if vmap_width is None and manifest.get("vmap_width"):
             vmap_width = int(manifest["vmap_width"])  # resume bit-identically
@@ -320,12 +332,12 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
         log(f"  running:  {todo.size} instances in chunks of {per_chunk} ({width} at once per device, up to "
             f"{batch} per call) on {n_dev} {jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per "
             f"instance, budget {_memory.format_bytes(budget)}")
-        per_device = device_function(one, width)
+        per_device = device_function(study, width, histogram_instances)
 
         t0 = time.perf_counter()
         log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
         run_chunk = MeshExecutor(per_device, mesh, (data, study.device, seed, times), batch, AXIS,
-                                 program_key=(study.hash(), width))
+                                 program_key=(study.hash(), width, histogram_instances))
         info["compile_s"] = time.perf_counter() - t0
         info["xla_memory_per_device"] = run_chunk.memory_bytes()
         log(f"  compiled in {info['compile_s']:.1f} s")
@@ -347,9 +359,11 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
                     for (idx, pos), out in calls:
                         values[idx] = _host(out["values"])[pos]
                         hist[idx] = _host(out["hist"])[pos]
+                    keep = p_ids < histogram_instances
                     if folder is not None and writer:
-                        folder.write_chunk(p_ids, values, hist)
-                    done.update(zip(p_ids.tolist(), zip(values, hist)))
+                        folder.write_chunk(p_ids, values, hist[keep], p_ids[keep])
+                    done.update((i, (v, h if i < histogram_instances else None))
+                                for i, v, h in zip(p_ids.tolist(), values, hist))
                     progress.update(p_ids.size)
                 pending = nxt
         finally:

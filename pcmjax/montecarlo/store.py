@@ -129,18 +129,20 @@ class RunFolder:
             try:
                 with np.load(p) as z:
                     ids, values = z["instances"], z["values"]
-                    hist = z["hist"] if "hist" in z.files else None
+                    hists = dict(zip(z["hist_instances"].tolist(), z["hist"])) if "hist" in z.files else {}
             except (OSError, ValueError, KeyError) as e:
                 raise ValueError(f"chunk file {p} is unreadable ({e}); delete it to recompute its instances.") from e
             if values.shape[1:] != tuple(expected_shape):
                 raise ValueError(f"chunk file {p} has values of shape {values.shape[1:]} per instance, expected "
                                  f"{tuple(expected_shape)}; the folder is inconsistent with its manifest.")
             for j, i in enumerate(ids.tolist()):
-                done.setdefault(int(i), (values[j], None if hist is None else hist[j]))
+                done.setdefault(int(i), (values[j], hists.get(i)))
         return done
 
-    def write_chunk(self, instances: np.ndarray, values: np.ndarray, hist: np.ndarray | None = None) -> Path:
-        """Write one finished chunk (atomically)."""
+    def write_chunk(self, instances: np.ndarray, values: np.ndarray, hist: np.ndarray | None = None,
+                    hist_instances: np.ndarray | None = None) -> Path:
+        """Write one finished chunk (atomically): ``values [n, T, V, M]`` of ``instances``
+        and conductance histograms ``[k, V, T, bins]`` of ``hist_instances``."""
         instances = np.asarray(instances, np.int64)
         name = f"chunk-{instances[0]:07d}-{instances[-1]:07d}"
         path = self.chunk_dir / f"{name}.npz"
@@ -149,7 +151,8 @@ class RunFolder:
             path = self.chunk_dir / f"{name}-{k}.npz"
             k += 1
         arrays = {"instances": instances, "values": np.asarray(values, np.float32)}
-        if hist is not None:
+        if hist is not None and len(hist):
             arrays["hist"] = np.asarray(hist, np.float32)
+            arrays["hist_instances"] = np.asarray(hist_instances, np.int64)
         atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
         return path
