@@ -93,7 +93,15 @@ def save_network(path, model, architecture: dict, **info) -> Path:
     """
     from pcmjax.montecarlo.store import atomic_write_bytes
 
+    from flax import nnx
+
     arrays = {"param/" + "/".join(map(str, p)): np.asarray(v.get_value()) for p, v in _flat_state(model)}
+    for p, v in nnx.to_flat_state(nnx.state(model, nnx.RngState)):
+        value = v.get_value()
+        if jax.dtypes.issubdtype(value.dtype, jax.dtypes.prng_key):
+            arrays["rngkey/" + "/".join(map(str, p))] = np.asarray(jax.random.key_data(value))
+        else:
+            arrays["rng/" + "/".join(map(str, p))] = np.asarray(value)
     header = {"format": CHECKPOINT_FORMAT, "architecture": architecture, "info": info}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,22 +119,34 @@ def load_network(path):
     try:
         with np.load(path) as z:
             header = json.loads(str(z["header"]))
-            arrays = {k[len("param/"):]: z[k] for k in z.files if k.startswith("param/")}
+            arrays = {k: z[k] for k in z.files if k != "header"}
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"{str(path)!r} is not a pcmjax network checkpoint ({e}).") from e
     if header.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r}: checkpoint format must be {CHECKPOINT_FORMAT!r}, "
                          f"got {header.get('format')!r}.")
-    model = build_network(header["architecture"])
-    flat = _flat_state(model)
+    # Build the network abstractly (no initialiser runs) and fill in the stored values.
+    model = nnx.eval_shape(lambda: build_network(header["architecture"]))
+    state = nnx.state(model)
+    flat = nnx.to_flat_state(state)
     for p, v in flat:
         key = "/".join(map(str, p))
-        if key not in arrays:
-            raise ValueError(f"{str(path)!r}: checkpoint lacks parameter {key!r} of its architecture.")
-        if arrays[key].shape != np.shape(v.get_value()):
-            raise ValueError(f"{str(path)!r}: parameter {key!r} has shape {arrays[key].shape}, the architecture "
-                             f"needs {np.shape(v.get_value())}.")
-        v.set_value(jnp.asarray(arrays[key]))
+        want = v.get_value()
+        if isinstance(v, nnx.RngState):
+            if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+                data = arrays.get(f"rngkey/{key}")
+                value = jax.random.wrap_key_data(np.asarray(data if data is not None else [0, 0], np.uint32))
+            else:
+                value = jnp.asarray(arrays.get(f"rng/{key}", np.zeros(want.shape, want.dtype)))
+        else:
+            if f"param/{key}" not in arrays:
+                raise ValueError(f"{str(path)!r}: checkpoint lacks parameter {key!r} of its architecture.")
+            value = arrays[f"param/{key}"]
+            if value.shape != tuple(want.shape):
+                raise ValueError(f"{str(path)!r}: parameter {key!r} has shape {value.shape}, the architecture "
+                                 f"needs {tuple(want.shape)}.")
+            value = jnp.asarray(value, want.dtype)
+        v.set_value(value)
     nnx.update(model, nnx.from_flat_state(flat))
     return model, header["architecture"], header.get("info", {})
 
@@ -185,12 +205,37 @@ def load_dataset(name: str, data_dir=None, eval_examples=None, calibration_examp
 
     if name == "digits":
         as_images = input_shape is not None and len(input_shape) == 3
-        ds = pdata.load_digits(as_images=as_images)
+        ds = _cached_digits(as_images)
     else:
         ds = pdata.load_cifar10(data_dir, normalize=True)
     n_eval = ds.x_test.shape[0] if eval_examples is None else min(int(eval_examples), ds.x_test.shape[0])
     n_cal = min(int(calibration_examples), ds.x_train.shape[0])
     return ds.x_test[:n_eval], ds.y_test[:n_eval], ds.x_train[:n_cal]
+
+
+def _cached_digits(as_images: bool):
+    """The digits split of :func:`pcmjax.data.load_digits`, cached as ``.npz`` (importing
+    scikit-learn takes seconds; the split is deterministic)."""
+    from pcmjax import data as pdata
+    from pcmjax.montecarlo.store import atomic_write_bytes
+
+    path = cache_dir() / "datasets" / f"digits-split0-test0.25{'-images' if as_images else ''}.npz"
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                return pdata.Dataset(z["x_train"], z["y_train"], z["x_test"], z["y_test"], int(z["num_classes"]),
+                                     tuple(int(d) for d in z["input_shape"]))
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable: rebuild it
+    ds = pdata.load_digits(as_images=as_images)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, lambda f: np.savez(f, x_train=ds.x_train, y_train=ds.y_train, x_test=ds.x_test,
+                                                    y_test=ds.y_test, num_classes=ds.num_classes,
+                                                    input_shape=np.asarray(ds.input_shape)))
+    except OSError:  # a read-only cache: fine, just slower next time
+        pass
+    return ds
 
 
 def _sha(*arrays) -> str:
@@ -261,9 +306,10 @@ class NetworkWorkload(Workload):
             if self._geometry is None:
                 self.check_config(ChipConfig())
             import contextlib
+            import importlib
             from unittest import mock
 
-            from pcmjax.nn import deploy as deploy_module
+            deploy_module = importlib.import_module("pcmjax.nn.deploy")  # (pcmjax.nn.deploy is also a function)
 
             skip = (mock.patch.object(deploy_module, "program_chip", lambda *a, **k: None)
                     if hasattr(deploy_module, "program_chip") else contextlib.nullcontext())
