@@ -29,6 +29,13 @@ kernelspec = pytest.importorskip("jupyter_client.kernelspec")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 BUDGET_S = 120.0
+# Notebooks 01-02 have a 2-minute budget; the later tutorials (training, Monte Carlo,
+# fitting, programming) have 3 minutes.
+LONG_BUDGET_S = 180.0
+
+
+def _budget(path) -> float:
+    return BUDGET_S if path.name[:2] in ("01", "02") else LONG_BUDGET_S
 KERNEL = "pcmjax-tests"
 
 _CPU_PROBE = """\
@@ -92,7 +99,8 @@ def test_notebook_runs_within_budget(path, kernel_name):
     cpu_s = json.loads(text.strip().splitlines()[-1])["kernel_cpu_s"]
     oversubscription = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
     print(f"{path.name}: wall {wall_s:.1f} s, kernel CPU {cpu_s:.1f} s, load/CPUs {oversubscription:.2f}")
-    assert cpu_s < BUDGET_S, f"{path.name} used {cpu_s:.1f} s of CPU, budget {BUDGET_S:.0f} s"
-    assert wall_s < BUDGET_S * oversubscription, (
-        f"{path.name} took {wall_s:.1f} s wall-clock, budget {BUDGET_S:.0f} s × {oversubscription:.2f} (machine load)"
+    budget = _budget(path)
+    assert cpu_s < budget, f"{path.name} used {cpu_s:.1f} s of CPU, budget {budget:.0f} s"
+    assert wall_s < budget * oversubscription, (
+        f"{path.name} took {wall_s:.1f} s wall-clock, budget {budget:.0f} s × {oversubscription:.2f} (machine load)"
     )
