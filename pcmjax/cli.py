@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--memory-budget", metavar="SIZE", help="memory one chunk may use, e.g. 2GiB (default: a quarter "
                    "of RAM, at most 2 GiB)")
     s.add_argument("--devices", type=_positive_int, help="JAX devices to shard instances over (default: all)")
+    s.add_argument("--vmap-width", type=_positive_int, help="instances each device evaluates at once (default: "
+                   "from the memory budget; results are bit-identical for a given width)")
     s.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar, messages or table")
     s.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (several "
@@ -151,7 +153,8 @@ def _study(args) -> int:
     if not args.no_compile_cache:
         mc.enable_compilation_cache()
     overrides = {"instances": args.instances, "seed": args.seed, "output": args.output,
-                 "chunk_size": args.chunk_size, "memory_budget": args.memory_budget, "devices": args.devices}
+                 "chunk_size": args.chunk_size, "memory_budget": args.memory_budget, "devices": args.devices,
+                 "vmap_width": args.vmap_width}
     sc = mcc.load_study_file(args.config, overrides) if args.config else mcc.default_study(overrides)
     run = dict(sc.run)
     plots = bool(run.pop("plots", True)) and not args.no_plots

@@ -18,7 +18,8 @@ import numpy as np
 from pcmjax.montecarlo.results import Results, is_percent
 from pcmjax.montecarlo.study import DAY, HOUR, MINUTE, MONTH, YEAR, format_time
 
-_NAMED_TIMES = ((1e-3, "1 ms"), (1.0, "1 s"), (MINUTE, "1 min"), (HOUR, "1 h"), (DAY, "1 day"), (MONTH, "1 month"), (YEAR, "1 year"), (10 * YEAR, "10 years"))
+_NAMED_TIMES = ((1e-3, "1 ms"), (1.0, "1 s"), (MINUTE, "1 min"), (HOUR, "1 h"), (DAY, "1 day"), (MONTH, "1 month"),
+                (YEAR, "1 year"), (10 * YEAR, "10 years"))
 _LABELS = {
     "accuracy": "test accuracy (%)",
     "loss": "test cross-entropy loss (nats)",

@@ -40,6 +40,7 @@ A study file (``pcmjax study --config study.toml``)::
     chunk_size = 32
     memory_budget = "2GiB"
     devices = 4
+    vmap_width = 1              # instances per device at once (default: from the budget)
     plots = true
 
 Relative paths (``checkpoint``, ``file``, ``data_dir``) are relative to the study file;
@@ -62,7 +63,7 @@ DEFAULT_INSTANCES = 100
 
 SECTIONS = ("study", "workload", "device", "chip", "variants", "run")
 STUDY_KEYS = ("name", "instances", "seed", "times", "metrics", "output")
-RUN_KEYS = ("chunk_size", "memory_budget", "devices", "plots")
+RUN_KEYS = ("chunk_size", "memory_budget", "devices", "plots", "vmap_width")
 NETWORK_KEYS = ("kind", "checkpoint", "dataset", "data_dir", "eval_examples", "calibration_examples", "calibration",
                 "calibration_steps", "n_chips")
 MVM_KEYS = ("kind", "cores", "rows", "cols", "batch", "calibration_batch", "weights", "inputs", "data_seed")
@@ -225,6 +226,19 @@ def study_from_dict(cfg: dict, base: Path = Path("."), overrides: dict | None = 
     for k, v in (overrides or {}).items():
         if v is not None:
             (run if k in RUN_KEYS else st)[k] = v
+    for k in ("chunk_size", "devices", "vmap_width"):
+        v = run.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"[run] {k} must be a positive integer, got {v!r}.")
+    if "plots" in run and not isinstance(run["plots"], bool):
+        raise ConfigError(f"[run] plots must be true or false, got {run['plots']!r}.")
+    if "memory_budget" in run:
+        from pcmjax.montecarlo._memory import parse_bytes
+
+        try:
+            parse_bytes(run["memory_budget"])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[run] {e}") from e
     chip_table = cfg.get("chip", {})
     _check_keys(chip_table, [f.name for f in dataclasses.fields(ChipConfig)], "[chip]")
     try:

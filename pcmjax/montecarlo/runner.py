@@ -39,7 +39,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -287,8 +286,9 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
     """
     if not isinstance(study, Study):
         raise TypeError(f"study must be a pcmjax.montecarlo.Study, got {type(study).__name__}.")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    for name, v in (("chunk_size", chunk_size), ("vmap_width", vmap_width)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
     budget = _memory.default_memory_budget() if memory_budget is None else _memory.parse_bytes(memory_budget)
     writer = jax.process_index() == 0
     log = (lambda *a: None) if quiet or not writer else (lambda *a: print(*a, file=sys.stderr, flush=True))
@@ -329,9 +329,9 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
                     memory_budget=budget)
         if folder is not None and writer and manifest.get("vmap_width") != width:
             folder.update_manifest(vmap_width=width)
-        log(f"  running:  {todo.size} instances in chunks of {per_chunk} ({width} at once per device, up to "
-            f"{batch} per call) on {n_dev} {jax.default_backend()} device(s); ~{_memory.format_bytes(per_instance)} per "
-            f"instance, budget {_memory.format_bytes(budget)}")
+        log(f"  running:  {todo.size} instances in chunks of {per_chunk} ({width} at once on each of {n_dev} "
+            f"{jax.default_backend()} device(s)); ~{_memory.format_bytes(per_instance)} per instance, "
+            f"budget {_memory.format_bytes(budget)}")
         per_device = device_function(study, width, histogram_instances)
 
         t0 = time.perf_counter()
