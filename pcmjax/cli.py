@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    "hosts; run the same command on every host, with a shared output folder)")
     s.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
 
-    r = sub.add_parser("results", help="print the summary table of a study's output folder")
+    r = sub.add_parser("results", help="print the summary table of a study's output folder (finished or "
+                       "interrupted)")
     r.add_argument("folder", nargs="?", default="pcmjax-results")
     r.add_argument("--metric", action="append", help="only these metrics (repeatable)")
 
@@ -170,7 +171,9 @@ def _study(args) -> int:
 def _results(args) -> int:
     from pcmjax.montecarlo import load_results
 
-    res = load_results(args.folder)
+    res = load_results(args.folder, partial=True)
+    if res.meta.get("partial"):
+        print(f"interrupted run: {res.meta['partial']} instances finished (run the study again to complete it)\n")
     print(res.table(args.metric))
     return 0
 

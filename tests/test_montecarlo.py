@@ -321,7 +321,7 @@ def test_changed_study_is_refused(tmp_path, xla_cache, reference):
     assert np.array_equal(res.values, reference.values[:10])
 
 
-def test_killed_run_resumes_to_identical_results(tmp_path, xla_cache, reference):
+def test_killed_run_resumes_to_identical_results(tmp_path, xla_cache, reference, capsys):
     """Kill a run after two chunks; the same command continues and matches an uninterrupted run."""
     (tmp_path / "s.toml").write_text(TINY_TOML)
     out = tmp_path / "run"
@@ -356,6 +356,13 @@ def test_killed_run_resumes_to_identical_results(tmp_path, xla_cache, reference)
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "chunks").glob("chunk-*.npz")}
     assert 2 <= len(before) < 10 and not (out / "results.npz").exists()
     done_before = sum(np.load(out / "chunks" / n)["instances"].size for n in before)
+    partial = mc.load_results(out, partial=True)  # what the interrupted run finished
+    assert partial.values.shape[0] == done_before
+    assert np.array_equal(partial.values, reference.values[partial.instances])
+    from pcmjax import cli
+
+    assert cli.main(["results", str(out)]) == 0
+    assert f"{done_before} of 64 instances finished" in capsys.readouterr().out
 
     sc = config.load_study_file(tmp_path / "s.toml")
     res = mc.run_study(sc.study, out, quiet=True, **sc.run)

@@ -143,6 +143,26 @@ class Results:
         return res
 
 
-def load_results(path) -> Results:
-    """The :class:`Results` stored in a study's output folder."""
-    return Results.load(path)
+def load_results(path, partial: bool = False) -> Results:
+    """The :class:`Results` stored in a study's output folder.
+
+    With ``partial=True``, a folder whose run was interrupted (no ``results.npz`` yet)
+    gives the instances finished so far (``results.instances`` lists them).
+    """
+    path = Path(path)
+    if not partial or (path / "results.npz").exists() or path.suffix == ".npz":
+        return Results.load(path)
+    from pcmjax.montecarlo.store import RunFolder
+
+    folder = RunFolder(path)
+    m = folder.manifest()
+    if m is None:
+        raise FileNotFoundError(f"{str(path)!r} holds no pcmjax study (no manifest.json).")
+    shape = (len(m["times_s"]), len(m["variants"]), len(m["metrics"]))
+    done = folder.load_done(shape)
+    if not done:
+        raise FileNotFoundError(f"{str(path)!r}: no instance finished yet.")
+    ids = sorted(done)
+    meta = {"name": m.get("name"), "study_hash": m.get("study_hash"), "partial": f"{len(ids)} of {m['instances']}"}
+    return Results(np.stack([done[i][0] for i in ids]), m["times_s"], m["variants"], m["metrics"], meta,
+                   instances=ids)
