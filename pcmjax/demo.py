@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pcmjax.chip import ChipConfig, mvm, program_chip
+from pcmjax.cli import _positive_int
 from pcmjax.devices import HermesPCM
 
 # Times after programming (seconds) and their labels.
@@ -102,16 +103,6 @@ def format_table(errors: dict) -> str:
             cells.append(f"{e.mean():6.2f} % ± {e.std():5.2f} %")
         lines.append(f"{label:<24}" + "".join(f"{c:>24}" for c in cells))
     return "\n".join(lines)
-
-
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
-    return v
 
 
 def main(argv=None) -> dict:

@@ -12,36 +12,9 @@ from pcmjax import cli
 
 # The study of tests/test_montecarlo.py (the same program, so a shared compilation cache
 # serves both modules in one session).
-TOML = """\
-[study]
-name = "cli"
-instances = 64
-seed = 3
-times = ["1 s", "1 h", "1 year"]
+from test_montecarlo import TINY_TOML
 
-[workload]
-kind = "mvm"
-cores = 2
-rows = 32
-cols = 32
-batch = 8
-calibration_batch = 8
-
-[chip]
-n_cores = 2
-rows = 32
-cols = 32
-
-[variants.none]
-drift_compensation = "none"
-
-[variants.calibrated]
-drift_compensation = "global"
-calibrate = true
-
-[run]
-chunk_size = 7
-"""
+TOML = TINY_TOML.replace('name = "tiny"', 'name = "cli"')
 
 
 @pytest.fixture

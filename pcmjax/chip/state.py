@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pcmjax._validate import check_finite_array, check_key, check_weights
+from pcmjax._validate import check_key, check_weights
 from pcmjax.chip import compensation
 from pcmjax.chip.config import ChipConfig
 from pcmjax.chip.mapping import weight_scale, weights_to_targets
