@@ -125,7 +125,63 @@ def test_only_keeps_the_named_nonideality():
     assert pj.ChipConfig().without("drift").drift is False
     assert set(pj.NONIDEALITIES) >= {"programming_noise", "drift", "drift_noise", "read_noise", "pwm",
                                      "adc_quantization", "adc_gain", "adc_offset", "adc_noise",
-                                     "polarity_asymmetry"}
+                                     "polarity_asymmetry", "faults", "ir_drop", "temperature"}
+
+
+# Faults, wire resistance and a hot chip, all strong enough to change every MVM.
+_FAULTS = dict(stuck_set=0.1, stuck_reset=0.05, dead_columns=0.2)
+_PARASITICS = dict(r_word_line=20.0, r_bit_line=30.0)
+_TEMPERATURE = dict(temperature_k=350.0, read_temperature_k=330.0)
+
+
+def _extras():
+    from pcmjax.chip.faults import FaultConfig
+    from pcmjax.chip.parasitics import ParasiticsConfig
+    from pcmjax.chip.temperature import TemperatureConfig
+
+    return dict(faults=FaultConfig(**_FAULTS), parasitics=ParasiticsConfig(**_PARASITICS),
+                temperature=TemperatureConfig(**_TEMPERATURE))
+
+
+def test_without_and_only_know_faults_ir_drop_temperature():
+    cfg = pj.ChipConfig(**_extras())
+    assert cfg.faults.enabled and cfg.parasitics.enabled and cfg.temperature.enabled
+    off = cfg.without("faults")
+    assert (off.faults.stuck_set, off.faults.stuck_reset, off.faults.dead_columns) == (0.0, 0.0, 0.0)
+    assert off.parasitics == cfg.parasitics and off.temperature == cfg.temperature
+    off = cfg.without("ir_drop")
+    assert not off.parasitics.enabled and (off.parasitics.r_word_line, off.parasitics.r_bit_line) == (0.0, 0.0)
+    assert off.faults == cfg.faults and off.temperature == cfg.temperature
+    off = cfg.without("temperature")
+    assert not off.temperature.enabled and off.temperature.temperature_k is None
+    assert off.temperature.read_temperature_k is None and off.faults == cfg.faults
+    kept = cfg.only("ir_drop")
+    assert kept.parasitics == cfg.parasitics and not kept.faults.enabled and not kept.temperature.enabled
+    assert not kept.drift and not kept.adc.enabled and kept.drift_compensation == "global"
+    both = cfg.only("faults", "temperature")
+    assert both.faults == cfg.faults and both.temperature == cfg.temperature and not both.parasitics.enabled
+    with pytest.raises(ValueError, match=r"unknown non-ideality 'ir-drop'.*'ir_drop'"):
+        cfg.without("ir-drop")
+    with pytest.raises(ValueError, match=r"\['wire'\].*'temperature'"):
+        cfg.only("faults", "wire")
+
+
+def test_ideal_switches_faults_ir_drop_and_temperature_off():
+    extras = _extras()
+    cfg = pj.ChipConfig.ideal(**GEOM, **extras)
+    assert not cfg.faults.enabled and not cfg.parasitics.enabled and not cfg.temperature.enabled
+    assert cfg == pj.ChipConfig.ideal(**GEOM)  # nothing of the extras is left
+    # Each extra alone really changes the MVM of an otherwise ideal chip ...
+    x = X[:, :, :]
+    ref = _ref(x, W)
+    scale = _ref(np.abs(x), np.abs(W))
+    for name, value in extras.items():
+        on = pj.ChipConfig.ideal(**GEOM).replace(**{name: value})
+        y = np.asarray(run(_key(1), age(program(_key(0), W, on), _key(2), 1e4), x), np.float64)
+        assert np.max(np.abs(y - ref) / scale) > 1e-3, name
+    # ... and ideal() with all of them configured is x @ W to float32 rounding.
+    y = np.asarray(run(_key(1), age(program(_key(0), W, cfg), _key(2), 1e4), x), np.float64)
+    assert np.all(np.abs(y - ref) <= 2e-6 * scale + 1e-9)
 
 
 def test_config_set_update_and_dict_round_trip():
@@ -737,6 +793,13 @@ def test_unknown_option_names():
         pj.ChipConfig.from_dict({"nosuch": {"bits": 3}})
     with pytest.raises((TypeError, ValueError), match="colour"):
         pj.ChipConfig().set("program.colour", 1)
+    # the nested sections named in the messages are the config's real ones
+    sections = r"\['program', 'pwm', 'adc', 'faults', 'parasitics', 'temperature'\]"
+    with pytest.raises(ValueError, match=r"unknown option 'drift.x'; nested sections are " + sections):
+        pj.ChipConfig().set("drift.x", 1)
+    with pytest.raises(ValueError, match=r"unknown chip option section 'nosuch'; sections: " + sections):
+        pj.ChipConfig.from_dict({"nosuch": {"bits": 3}})
+    assert pj.ChipConfig.from_dict({"parasitics": {"r_word_line": 2.0}}).parasitics.r_word_line == 2.0
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ G_MAX = float(DEV.g_max)
 
 
 def _cfg(**faults):
-    return pj.ChipConfig.ideal(n_cores=C, rows=R, cols=K, faults=FaultConfig(**faults))
+    return pj.ChipConfig.ideal(n_cores=C, rows=R, cols=K).replace(faults=FaultConfig(**faults))
 
 
 # One compilation for every direct call below (num_devices is static).

@@ -123,7 +123,7 @@ def test_chip_mvm_with_wire_resistance():
     key = jax.random.key(1)
     gp, gn, v = _array(2)
     w = (gp - gn) / 20.7
-    cfg = pj.ChipConfig.ideal(n_cores=1, rows=R, cols=K, parasitics=ParasiticsConfig(50.0, 50.0, 5))
+    cfg = pj.ChipConfig.ideal(n_cores=1, rows=R, cols=K).replace(parasitics=ParasiticsConfig(50.0, 50.0, 5))
     st = pj.program_chip(key, jnp.asarray(w[None], jnp.float32), cfg)
     y = np.asarray(pj.mvm(key, st, jnp.asarray(v[None, None], jnp.float32)))[0, 0]
     exact = _ref_nodal(gp, gn, v, 50.0, 50.0) / 20.7  # weights in units of w_max = 1

@@ -30,6 +30,10 @@ NONIDEALITIES: dict[str, tuple[tuple[str, Any], ...]] = {
     "adc_nonlinearity": (("adc.nonlinearity", 0.0), ("adc.nonlinearity_std", 0.0)),
     "adc_noise": (("adc.noise_std", 0.0),),
     "polarity_asymmetry": (("polarity_asymmetry", 0.0),),
+    "faults": (("faults.stuck_set", 0.0), ("faults.stuck_reset", 0.0), ("faults.dead_columns", 0.0)),
+    "ir_drop": (("parasitics.r_word_line", 0.0), ("parasitics.r_bit_line", 0.0)),
+    # The reference temperature (the device statistics') changes nothing.
+    "temperature": (("temperature.temperature_k", None), ("temperature.read_temperature_k", None)),
 }
 
 
@@ -179,7 +183,13 @@ class ChipConfig:
     # ------------------------------------------------------------------------------
     @classmethod
     def ideal(cls, **overrides) -> "ChipConfig":
-        """Every non-ideality off and no compensation: ``mvm(x) == x @ W``."""
+        """Every non-ideality off and no compensation: ``mvm(x) == x @ W``.
+
+        ``overrides`` are applied first, so a non-ideality given there is switched off too
+        (``ideal(faults=FaultConfig(stuck_set=0.1))`` has no faults); geometry, mapping and
+        read mode are kept. To study one effect on an otherwise ideal chip, switch it on
+        afterwards: ``ChipConfig.ideal().replace(faults=FaultConfig(stuck_set=0.1))``.
+        """
         return cls(**overrides).without(*NONIDEALITIES).replace(drift_compensation="none")
 
     def replace(self, **changes) -> "ChipConfig":
@@ -211,7 +221,7 @@ class ChipConfig:
             return self.replace(**{head: value})
         sub = getattr(self, head, None)
         if not dataclasses.is_dataclass(sub):
-            raise ValueError(f"unknown option {path!r}; nested sections are 'program', 'pwm', 'adc'.")
+            raise ValueError(f"unknown option {path!r}; nested sections are {_sections()}.")
         return self.replace(**{head: _replace(sub, {rest: value}, head)})
 
     @classmethod
@@ -229,7 +239,7 @@ class ChipConfig:
             if isinstance(value, dict):
                 sub = getattr(cfg, key, None)
                 if not dataclasses.is_dataclass(sub):
-                    raise ValueError(f"unknown chip option section {path!r}; sections: 'program', 'pwm', 'adc'.")
+                    raise ValueError(f"unknown chip option section {path!r}; sections: {_sections()}.")
                 for k2, v2 in value.items():
                     cfg = cfg.set(f"{key}.{k2}", v2)
             else:
@@ -244,6 +254,11 @@ class ChipConfig:
     def capacity(self) -> int:
         """Weights the chip holds: ``n_cores · rows · cols``."""
         return self.n_cores * self.rows * self.cols
+
+
+def _sections() -> list[str]:
+    """Names of the nested sections of :class:`ChipConfig` (its dataclass-valued fields)."""
+    return [f.name for f in dataclasses.fields(ChipConfig) if dataclasses.is_dataclass(f.default)]
 
 
 def _replace(obj, changes: dict, name: str):
