@@ -517,6 +517,60 @@ def test_drift_compensation_exact_for_state_independent_drift():
         np.testing.assert_allclose(y, _ref(X, W), atol=1e-5 * _ref(np.abs(X), np.abs(W)).max())
 
 
+def _kw(v):
+    """Input-line kernel Kw(v)_k = Σ_k' (min(k, k') + 1) v_k' along the last axis (float64)."""
+    k = np.arange(v.shape[-1])
+    return v @ (np.minimum(k[:, None], k[None, :]) + 1.0).T
+
+
+def _kb(v):
+    """Bit-line kernel Kb(v)_i = Σ_i' (R − max(i, i')) v_i' along axis −2 (float64)."""
+    n = v.shape[-2]
+    i = np.arange(n)
+    return np.einsum("ij,...jk->...ik", n - np.maximum(i[:, None], i[None, :]), v)
+
+
+@pytest.mark.parametrize("phases", [1, 4])
+def test_conductances_are_the_ones_at_time_uses(phases):
+    from pcmjax.chip.parasitics import ParasiticsConfig
+    from pcmjax.chip.temperature import TemperatureConfig
+
+    t_a, t_r, r_w, r_b = 340.0, 320.0, 20.0, 30.0
+    cfg = DEFAULT.replace(read_phases=phases, parasitics=ParasiticsConfig(r_w, r_b),
+                          temperature=TemperatureConfig(temperature_k=t_a, read_temperature_k=t_r))
+    state = program(_key(0), W, cfg)
+    t = 3600.0
+    phys = np.asarray(state.conductances(_key(5), t), np.float64)
+    eff = np.asarray(state.conductances(_key(5), t, effective=True), np.float64)
+    # The reference-temperature devices of the same chip, with the same random numbers.
+    ref_state = state.replace(cfg=cfg.without("temperature", "ir_drop"))
+    g_ref = np.asarray(ref_state.conductances(_key(5), t), np.float64)
+    assert not np.allclose(g_ref, np.asarray(ref_state.conductances(_key(6), t)))  # the key matters
+    # Temperature (chip/temperature.py docstring): Arrhenius with E_a from the target
+    # level, and the drift exponent read at T_r scaled by T_a / T_r.
+    g_r = np.clip(np.asarray(state.g_target, np.float64) / G_MAX2, 0.0, 1.0)
+    ea = 0.3 + (0.03 - 0.3) * g_r
+    nu = np.asarray(state.nu, np.float64)
+    want = g_ref * np.exp(-ea / 8.617333262e-5 * (1 / t_r - 1 / 300.0)) \
+        * ((t + T0_2) / T0_2) ** (-nu * (t_a / t_r - 1.0))
+    np.testing.assert_allclose(phys, want, rtol=2e-5, atol=1e-6)
+    # IR drop, first order (chip/parasitics.py): G ⊙ (1 − r_w Kw(G)) ⊙ (1 − r_b Kb(G⁺ + G⁻)).
+    bit = 1.0 - r_b * 1e-6 * _kb(phys[:, 0] + phys[:, 1])[:, None]
+    want_eff = phys * (1.0 - r_w * 1e-6 * _kw(phys)) * bit
+    np.testing.assert_allclose(eff, want_eff, rtol=2e-5, atol=1e-6)
+    assert np.max(np.abs(eff - phys)) > 1e-3 * np.max(phys)  # the IR drop is visible
+    # What the MVM sees: at_time(key, t).w is the effective conductances over g_max.
+    w = np.asarray(age(state, _key(5), t).w, np.float64)
+    if phases == 1:
+        np.testing.assert_allclose(w[:, 0], (eff[:, 0] - eff[:, 1]) / G_MAX2, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(w, eff / G_MAX2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="t must be a scalar"):
+        state.conductances(_key(5), np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match="effective must be a bool"):
+        state.conductances(_key(5), t, effective="yes")
+
+
 # ---------------------------------------------------------------------------------------
 # 3. Program-and-verify
 # ---------------------------------------------------------------------------------------

@@ -90,12 +90,29 @@ class ChipState:
             raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape {jnp.shape(t)}.")
         return _at_time(self, key, jnp.asarray(t, jnp.float32))
 
-    def conductances(self, key, t) -> jax.Array:
-        """``[C, 2, R, K]`` conductances (µS) at ``t``: the ones ``at_time(key, t)`` uses."""
+    def conductances(self, key, t, *, effective: bool = False) -> jax.Array:
+        """``[C, 2, R, K]`` conductances (µS) at ``t``, with the random numbers of ``at_time(key, t)``.
+
+        Args:
+          key: a ``jax.random`` key; the same key as ``at_time(key, t)`` gives the same
+            devices (drift, accumulated 1/f noise, faults as programmed).
+          t: seconds since programming, scalar ≥ 0.
+          effective: ``False`` (default): the physical conductance of every device at the
+            configured temperature (``cfg.temperature``). ``True``: what the MVM sees,
+            i.e. also the wire-resistance effective conductances (``cfg.parasitics``,
+            IR drop); ``at_time(key, t).w`` is these divided by ``g_max`` (signed
+            difference of the polarities in one-phase mode).
+
+        Returns:
+          ``[C, 2, R, K]`` conductances, µS (0 = positive, 1 = negative polarity).
+        """
         check_key(key)
         check_time(t)
-        k_age, _, _ = jax.random.split(key, 3)
-        return _conductances(self, k_age, jnp.asarray(t, jnp.float32))
+        if jnp.ndim(t) != 0:
+            raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape {jnp.shape(t)}.")
+        if not isinstance(effective, bool):
+            raise TypeError(f"effective must be a bool, got {effective!r}.")
+        return _device_conductances(self, key, jnp.asarray(t, jnp.float32), effective)
 
     def adc_params(self) -> dict:
         return dict(gain=self.adc_gain, offset=self.adc_offset, nonlin=self.adc_nonlin,
@@ -175,11 +192,22 @@ def _conductances(state: ChipState, key, t):
     return state.g_prog * dev.drift_factor(state.nu, t)
 
 
-def _aged(state: ChipState, key, t):
-    """Conductances at ``t`` and their normalised per-read variance, ``[C, 2, R, K]`` each."""
+@partial(jax.jit, static_argnames=("effective",))
+def _device_conductances(state: ChipState, key, t, effective):
+    k_age, _, _ = jax.random.split(key, 3)  # the split of _at_time
+    g, _ = _aged(state, k_age, t, effective=effective, variance=False)
+    return g
+
+
+def _aged(state: ChipState, key, t, *, effective: bool = True, variance: bool = True):
+    """Conductances at ``t`` and their normalised per-read variance, ``[C, 2, R, K]`` each.
+
+    ``effective=False`` leaves out the wire resistance (the devices' own conductances);
+    ``variance=False`` skips the read-noise variance (zeros are returned).
+    """
     dev, cfg = state.device, state.cfg
     g = _conductances(state, key, t)
-    if cfg.read_noise:
+    if cfg.read_noise and variance:
         g_target = state.g_target if dev.q_s_from == "target" else None
         var = (dev.read_sigma(g, cfg.read_interval_s, g_target=g_target) / dev.g_max) ** 2
     else:
@@ -188,7 +216,7 @@ def _aged(state: ChipState, key, t):
         from pcmjax.chip import temperature
 
         g, var = temperature.apply(g, var, state.g_target, state.nu, t, dev.t0, dev.g_max, cfg.temperature)
-    if cfg.parasitics.enabled:  # wire resistance: the array's effective conductances
+    if cfg.parasitics.enabled and effective:  # wire resistance: the array's effective conductances
         from pcmjax.chip.parasitics import effective_conductances
 
         g = effective_conductances(g, cfg)

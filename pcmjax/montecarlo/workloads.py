@@ -105,7 +105,10 @@ def fit_column_affine(y, ref, axis=-2):
 
 
 def state_conductances(state, key_age, t):
-    """Flat conductances of a programmed state at ``t`` and the mask of programmed devices."""
+    """Flat conductances of a programmed state at ``t`` and the mask of programmed devices.
+
+    The devices' own conductances at the configured temperature (``ChipState.conductances``;
+    wire resistance is a property of the array, not of the devices, and is left out)."""
     g = state.conductances(key_age, t)
     return g.reshape(-1), (state.g_target > 0).reshape(-1)
 
