@@ -17,7 +17,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m pcmjax.demo
+	$(BIN)/pcmjax study
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -1,6 +1,6 @@
 """A one-minute tour: MVM error of a HERMES-class chip from 1 s to 1 year after programming.
 
-Run ``python -m pcmjax.demo`` (or ``make demo``). The chip uses the full HERMES
+Run ``python -m pcmjax.demo``. The chip uses the full HERMES
 configuration (256×256 PCM crossbars with two devices per sign, 8-bit PWM inputs, CCO
 ADCs with per-column mismatch, one-phase reads, per-read and accumulated 1/f noise,
 drift), but only a few of its 64 cores are simulated to keep the run short. For each
