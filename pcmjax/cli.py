@@ -7,6 +7,8 @@
     pcmjax study --instances 1000 -o big  # override instances / seed / output / chunking
     pcmjax results pcmjax-results         # the summary table of a finished run
     pcmjax info [--config study.toml] [--chip adc.bits=8 ...]
+    pcmjax info --network default         # placement and cost (cores, latency, energy, TOPS/W)
+    pcmjax info --network net.npz --results DIR   # ... beside a study's accuracy
     pcmjax fit ...                        # device-model fitting (pcmjax.fit)
 
 Progress and messages go to stderr, the summary table to stdout. Compiled programs are
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _positive_int(s):
@@ -68,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--config", "-c", metavar="STUDY.toml", help="take [chip] and [device] from a study file")
     i.add_argument("--chip", action="append", default=[], metavar="OPTION=VALUE",
                    help="override a chip option, e.g. --chip adc.bits=8 (repeatable; values parsed as TOML)")
+    i.add_argument("--network", metavar="NETWORK", help="a network checkpoint (.npz, pcmjax.montecarlo.save_network) "
+                   "or 'default' (the cached digits MLP): print its placement on the chip and its cost per inference "
+                   "(cores, MVMs, latency, energy, TOPS, TOPS/W from published HERMES figures)")
+    i.add_argument("--results", metavar="DIR", help="with --network: a Monte Carlo study output folder whose "
+                   "accuracy (per variant, first and last time) is printed beside the cost (default: "
+                   "./pcmjax-results if it holds a study of the same network)")
     i.add_argument("--json", action="store_true", help="print JSON")
 
     sub.add_parser("fit", help="fit a device model to measurements (pcmjax.fit; see pcmjax fit --help)",
@@ -94,8 +103,6 @@ def _info(args) -> int:
 
     chip_table, device = {}, None
     if args.config:
-        from pathlib import Path
-
         cfg = load_toml(args.config)
         chip_table = cfg.get("chip", {})
         device = build_device(cfg.get("device", {}), Path(args.config).resolve().parent)
@@ -112,6 +119,8 @@ def _info(args) -> int:
         from pcmjax.devices import HermesPCM
 
         device = HermesPCM(num_devices=2)
+    if args.results is not None and args.network is None:
+        raise ValueError("--results needs --network (the network whose cost is printed beside the accuracy).")
     n_dev = int(device.num_devices)
     info = {
         "chip": cfg.to_dict(),
@@ -120,8 +129,14 @@ def _info(args) -> int:
         "device": {"model": type(device).__name__, "num_devices": n_dev,
                    "g_max_uS": float(device.g_max), "t0_s": float(getattr(device, "t0", float("nan")))},
     }
+    net = _network_info(args, cfg) if args.network is not None else None
+    if net is not None:
+        info.update(net["json"])
     if args.json:
         print(json.dumps(info, indent=2))
+        return 0
+    if net is not None:
+        print(net["text"])
         return 0
 
     def lines(d, indent="  "):
@@ -141,6 +156,179 @@ def _info(args) -> int:
     print(f"device model: {d['model']}(num_devices={d['num_devices']}), g_max = {d['g_max_uS']:.4g} µS per sign, "
           f"t0 = {d['t0_s']:.4g} s")
     return 0
+
+
+DEFAULT_RESULTS = "pcmjax-results"
+
+
+def _input_shape(arch: dict) -> tuple:
+    """One example's shape for a checkpoint's architecture (see build_network)."""
+    kind = arch.get("kind")
+    if kind == "mlp":
+        return (int(arch.get("in_features", 64)),)
+    if kind == "small_cnn":
+        side = int(arch.get("image_size", 8))
+        return (side, side, int(arch.get("in_features", 1)))
+    raise ValueError(f"--network: cannot tell the input shape of architecture kind {kind!r}; "
+                     "known: 'mlp', 'small_cnn'.")
+
+
+def _load_network(name: str, log):
+    from pcmjax.montecarlo import network
+
+    if name == "default":
+        path = network.default_network_path()
+        if not path.exists():
+            network.default_network(path, log=log)
+    else:
+        path = Path(name)
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise FileNotFoundError(f"--network: network checkpoint {name!r} {what}; give a checkpoint file "
+                                    "written by pcmjax.montecarlo.save_network (.npz) or 'default' (the cached "
+                                    "digits MLP).")
+    try:
+        model, arch, ckpt = network.load_network(path)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"--network: {e}") from e
+    return model, arch, ckpt, path
+
+
+def _params_hash(model) -> str:
+    # The workload's own fingerprint of a network (NetworkWorkload.spec()["params_sha256"]).
+    from pcmjax.montecarlo.network import _flat_state, _sha
+
+    return _sha(*(v.get_value() for _, v in _flat_state(model)))
+
+
+def _study_spec(folder) -> dict:
+    """The study spec in a study folder's manifest (``{}`` if there is none or it is unreadable)."""
+    from pcmjax.montecarlo.store import RunFolder
+
+    folder = Path(folder)
+    if folder.suffix == ".npz":
+        folder = folder.parent
+    try:
+        m = RunFolder(folder).manifest() or {}
+    except ValueError:
+        return {}
+    spec = m.get("spec", {})
+    return spec if isinstance(spec, dict) else {}
+
+
+def _study_accuracy(folder, explicit: bool):
+    """``(accuracy dict, source note)`` of a study output folder: mean accuracy per variant
+    at the first and last time."""
+    from pcmjax.montecarlo import load_results
+
+    arg = f"--results {folder}" if explicit else f"./{folder}"
+    if not Path(folder).exists():
+        raise FileNotFoundError(f"{arg}: the folder does not exist; give the output folder of a `pcmjax study` run.")
+    try:
+        res = load_results(folder, partial=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{arg}: {e} Give the output folder of a `pcmjax study` run (it holds "
+                                "manifest.json and, when finished, results.npz).") from None
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{arg}: not a readable pcmjax study output ({e}).") from None
+    if "accuracy" not in res.metrics:
+        raise ValueError(f"{arg}: the study has no 'accuracy' metric (its metrics: {list(res.metrics)}); give the "
+                         "output folder of a network study.")
+    rows = {(r["time_s"], r["variant"]): r for r in res.summary() if r["metric"] == "accuracy"}
+    times = sorted({float(res.times[0]), float(res.times[-1])})
+    acc = {}
+    for v in res.variants:
+        for t in times:
+            r = rows[(t, v)]
+            if r["mean"] is not None:
+                acc[f"{v} at {r['time']}"] = float(r["mean"])
+    n = res.values.shape[0]
+    partial = res.meta.get("partial")
+    note = (f"accuracy: mean over {n} chip instance{'s' if n != 1 else ''} of the study in {folder}"
+            f"{f' (interrupted run: {partial} instances)' if partial else ''}")
+    return acc, note
+
+
+def _network_info(args, cfg) -> dict:
+    """Placement and cost of ``--network`` on chips of ``cfg``, with ``--results`` accuracy."""
+    from pcmjax import cost
+    from pcmjax.nn import plan
+
+    def log(msg):
+        print(msg, file=sys.stderr)
+
+    if (cfg.rows, cfg.cols) != (cost.HERMES_ROWS, cost.HERMES_COLS):
+        raise ValueError(f"--network: the cost model uses the published HERMES figures of {cost.HERMES_ROWS}×"
+                         f"{cost.HERMES_COLS} cores, but the chip has {cfg.rows}×{cfg.cols} cores; drop --chip "
+                         "rows/cols (or the [chip] rows/cols of the study file).")
+    model, arch, ckpt, path = _load_network(args.network, log)
+    shape = _input_shape(arch)
+    # As many chips as the network needs (plan with room to spare, then exactly).
+    tiles = plan(model, cfg, n_chips=1 << 20).n_tiles
+    n_chips = max(1, -(-tiles // cfg.n_cores))
+    layout = plan(model, cfg, n_chips=n_chips)
+    mvms = cost.layer_mvms(model, layout, shape)
+    layers = cost.from_layout(layout, mvms)
+    phases = cfg.read_phases
+    costs = cost.network_cost(layers, phases, cores_per_chip=cfg.n_cores)
+
+    accuracy, source, notes = None, None, []
+    digital = ckpt.get("test_accuracy") if isinstance(ckpt, dict) else None
+    folder = args.results
+    if folder is None and Path(DEFAULT_RESULTS).is_dir():
+        wl = _study_spec(DEFAULT_RESULTS).get("workload", {})
+        if wl.get("params_sha256") is not None and wl.get("params_sha256") == _params_hash(model):
+            folder = DEFAULT_RESULTS
+        else:
+            what = "a study of another network" if wl.get("kind") == "network" else "no network study"
+            notes.append(f"note: ./{DEFAULT_RESULTS} holds {what}; its accuracy is not shown (use --results DIR).")
+    if folder is not None:
+        accuracy, source = _study_accuracy(folder, explicit=args.results is not None)
+        spec = _study_spec(folder)
+        h = spec.get("workload", {}).get("params_sha256")
+        if h is None:
+            source += "; its network could not be checked (no manifest.json with a network workload)"
+        elif h != _params_hash(model):
+            source += f"; WARNING: that study was made for a different network than {args.network}"
+        study_phases = spec.get("chip", {}).get("read_phases")
+        if study_phases in (1, 4) and study_phases != phases:
+            source += (f"; the study read the chip in {'one' if study_phases == 1 else 'four'}-phase mode, the "
+                       f"cost above is for {'one' if phases == 1 else 'four'}-phase (--chip read_phases="
+                       f"{study_phases} for the study's)")
+    shown = {}
+    if isinstance(digital, (int, float)) and not isinstance(digital, bool):
+        shown["digital (checkpoint)"] = float(digital)
+    shown.update(accuracy or {})
+
+    name = f"the default digits MLP ({path})" if args.network == "default" else str(path)
+    mode = "one-phase" if phases == 1 else "four-phase"
+    head = (f"network {name}: {arch.get('kind')}, input {'×'.join(map(str, shape))}; "
+            f"{layout.n_tiles} cores on {n_chips} chip{'s' if n_chips > 1 else ''} of {cfg.n_cores} cores of "
+            f"{cfg.rows}×{cfg.cols}, {mode} reads (--chip read_phases=1|4)")
+    text = "\n\n".join([
+        head,
+        layout.report(),
+        cost.report(layers, phases, accuracy=shown or None, title=f"Chip cost per inference ({cost.SOURCE})",
+                    cores_per_chip=cfg.n_cores),
+    ])
+    if source:
+        text += f"\n  ({source})"
+    for n in notes:
+        log(n)
+    layout_json = [{"name": lp.name, "shape": list(lp.shape), "tiles": lp.n_tiles,
+                    "row_splits": len(lp.row_chunks), "col_splits": len(lp.col_chunks),
+                    "first_core": lp.first_core, "utilisation": lp.utilisation, "mvms": mvms[lp.name]}
+                   for lp in layout.layers]
+    js = {
+        "network": {"checkpoint": str(path), "architecture": arch, "input_shape": list(shape),
+                    "checkpoint_info": ckpt, "n_chips": n_chips, "cores": layout.n_tiles, "layers": layout_json},
+        "cost": {**costs, "source": cost.SOURCE},
+        "accuracy": accuracy,
+        "accuracy_source": str(folder) if folder is not None else None,
+    }
+    if digital is not None:
+        js["network"]["digital_accuracy"] = digital
+    return {"text": text, "json": js}
 
 
 def _study(args) -> int:

@@ -217,6 +217,60 @@ def from_layout(layout, mvms: Mapping[str, float] | None = None) -> list[LayerCo
     return out
 
 
+class _RowCounter(dict):
+    """An outputs dict for ``pcmjax.nn``'s recorder that adds up the rows of every call."""
+
+    def __setitem__(self, index, y):
+        rows = math.prod(int(d) for d in y.shape[:-1])
+        super().__setitem__(index, self.get(index, 0) + rows)
+
+
+def layer_mvms(model, layout, input_shape) -> dict[str, float]:
+    """MVMs per inference of every analog layer of a ``pcmjax.nn`` network.
+
+    The network's digital forward pass is traced abstractly (``jax.eval_shape``: nothing
+    is computed) on one example of shape ``input_shape``, and every analog layer's output
+    viewed as the 2-D ``[rows, out]`` array its crossbars produce is counted: one MVM per
+    row. A dense layer gives 1, a convolution its number of output pixels, a layer called
+    several times (in a Python loop) the sum over its calls.
+
+    Args:
+      model: an ``nnx.Module`` with ``pcmjax.nn.AnalogLinear`` / ``AnalogConv`` layers.
+      layout: its ``pcmjax.nn.plan`` (the layer names are taken from it).
+      input_shape: shape of one example, without the batch axis (``(64,)`` for the digits
+        MLP, ``(8, 8, 1)`` for 8×8 one-channel images).
+
+    Returns:
+      ``{layer name: MVMs per inference}``, for :func:`from_layout`.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from pcmjax.nn import _context
+    from pcmjax.nn.layers import analog_layers
+
+    net = nnx.clone(model)
+    layers = analog_layers(net)
+    if len(layers) != len(layout.layers):
+        raise ValueError(f"layout has {len(layout.layers)} layers but the model has {len(layers)} analog layers; "
+                         "plan the layout from this model.")
+    for i, (_, layer) in enumerate(layers):
+        layer.chip_index, layer.mode = i, "digital"
+    # Inference view, as pcmjax.nn.deploy sets it: frozen statistics, no dropout.
+    net.set_attributes(use_running_average=True, deterministic=True, raise_if_not_found=False)
+    graphdef, state = nnx.split(net)
+    counts = _RowCounter()
+
+    def forward(state, x):
+        with _context.use(_context.ChipContext(layout=layout, outputs=counts)):
+            return nnx.merge(graphdef, state)(x)
+
+    shape = tuple(int(d) for d in input_shape)
+    jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    return {lp.name: float(counts.get(i, 0)) for i, lp in enumerate(layout.layers)}
+
+
 def _as_layers(layers) -> list[LayerCost]:
     if hasattr(layers, "layers") and not isinstance(layers, (list, tuple)):
         return from_layout(layers)
@@ -284,7 +338,8 @@ def network_cost(layers: Iterable, read_phases: int = 4, *, cores_per_chip: int 
 
 
 def report(layers, read_phases: int = 4, *, accuracy: Mapping[str, float] | str | None = None,
-           title: str | None = None, energy_overhead: float = 1.0, per_layer: bool = True) -> str:
+           title: str | None = None, energy_overhead: float = 1.0, per_layer: bool = True,
+           cores_per_chip: int = HERMES_CORES) -> str:
     """A plain-text cost report of a deployed network (for ``pcmjax info --network``).
 
     Args:
@@ -295,11 +350,12 @@ def report(layers, read_phases: int = 4, *, accuracy: Mapping[str, float] | str 
       title: first line.
       energy_overhead: factor on the energy (see the module docstring).
       per_layer: include one line per layer.
+      cores_per_chip: for the chip count.
 
     Returns:
       the report, several lines, no trailing newline.
     """
-    c = network_cost(layers, read_phases, energy_overhead=energy_overhead)
+    c = network_cost(layers, read_phases, energy_overhead=energy_overhead, cores_per_chip=cores_per_chip)
     mode = "one-phase" if read_phases == 1 else "four-phase"
     lines = [title or "Chip cost per inference", f"  read mode            {mode} ({mvm_latency_ns(read_phases):.0f} ns"
              f" and {core_mvm_energy_uj(read_phases) * 1e3:.1f} nJ per core-MVM)"]
@@ -310,7 +366,8 @@ def report(layers, read_phases: int = 4, *, accuracy: Mapping[str, float] | str 
             lines.append(f"  {p['name'][:20]:<20} {mat:>11} {p['tiles']:>5d} {p['utilisation']:>5.0%} "
                          f"{p['mvms']:>7g} {p['latency_ns']:>9.0f} {p['energy_uj']:>8.3f}")
     lines += [
-        f"  cores used           {c['cores_used']} ({c['chips']} chip{'s' if c['chips'] > 1 else ''} of {HERMES_CORES};"
+        f"  cores used           {c['cores_used']} ({c['chips']} chip{'s' if c['chips'] > 1 else ''} of "
+        f"{cores_per_chip};"
         f" {c['utilisation']:.0%} of their weights mapped)",
         f"  MVMs per inference   {c['mvms_per_inference']:g} sequential, {c['core_mvms_per_inference']:g} core-MVMs",
         f"  latency              {c['latency_ns'] / 1e3:.3f} µs (layers in sequence);"

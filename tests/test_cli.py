@@ -115,3 +115,176 @@ def test_usage_errors_exit_with_argparse_status():
     assert e.value.code == 2
     with pytest.raises(SystemExit):
         cli.main(["study", "--instances", "0"])
+
+
+# -- pcmjax info --network: placement and cost ------------------------------------------
+# Tiny networks (saved with save_network) instead of the default one, so the tests stay fast.
+MLP = {"kind": "mlp", "in_features": 8, "hidden": [300], "out_features": 10}  # 8×300 (1×2), 300×10 (2×1)
+CNN = {"kind": "small_cnn", "in_features": 1, "channels": [4, 300, 4], "num_classes": 10, "image_size": 8}
+
+# HERMES, Le Gallo et al. 2023 Table I, typed in again: one MVM of the 64-core chip takes
+# 133 / 520 ns and 0.86 / 3.38 µJ (one- / four-phase); a core-MVM costs 1/64 of that energy.
+T_MVM_NS = {1: 133.0, 4: 520.0}
+E_CORE_UJ = {1: 0.86 / 64, 4: 3.38 / 64}
+
+
+def _checkpoint(folder, arch, seed=0, name="net.npz", **info):
+    from pcmjax.montecarlo import build_network, save_network
+
+    model = build_network(arch, seed=seed)
+    return save_network(folder / name, model, arch, **info), model
+
+
+def test_info_network_mlp_cores_latency_energy(tmp_path, capsys):
+    import pcmjax as pj
+    from pcmjax import nn as pnn
+
+    path, model = _checkpoint(tmp_path, MLP, test_accuracy=0.5)
+    assert cli.main(["info", "--network", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    layout = pnn.plan(model, pj.ChipConfig())
+    assert [l["tiles"] for l in info["network"]["layers"]] == [lp.n_tiles for lp in layout.layers] == [2, 2]
+    assert [l["mvms"] for l in info["network"]["layers"]] == [1, 1]
+    c = info["cost"]
+    assert c["cores_used"] == layout.n_tiles == 4 and c["chips"] == 1 and c["read_phases"] == 1
+    # Dense layers: one MVM each, one after the other; energy: Σ MVMs × tiles × e_core.
+    assert c["latency_ns"] == pytest.approx(2 * T_MVM_NS[1])
+    energy = (1 * 2 + 1 * 2) * E_CORE_UJ[1]
+    assert c["energy_uj"] == pytest.approx(energy)
+    ops = 2 * (8 * 300 + 300 * 10)
+    assert c["ops"] == pytest.approx(ops)
+    assert c["tops_per_w"] == pytest.approx(ops / (energy * 1e-6) / 1e12)
+    assert c["tops"] == pytest.approx(ops / (2 * T_MVM_NS[1] * 1e-9) / 1e12)
+    assert info["network"]["digital_accuracy"] == 0.5 and info["accuracy"] is None
+
+    assert cli.main(["info", "--network", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert layout.report() in out  # the placement table
+    assert "cores used           4 (1 chip of 64;" in out
+    assert f"latency              {2 * T_MVM_NS[1] / 1e3:.3f} µs" in out
+    assert f"energy               {energy:.3f} µJ per inference" in out
+    assert "one-phase" in out and "Table I" in out and "digital (checkpoint) 50.00%" in out
+
+
+def test_info_network_cnn_mvms_are_output_pixels_and_chips(tmp_path, capsys):
+    import pcmjax as pj
+    from pcmjax import nn as pnn
+
+    path, model = _checkpoint(tmp_path, CNN)
+    # 8×8 image, 3×3 SAME convolutions: 8·8 output pixels, then 4·4 and 2·2 (stride 2); the
+    # classifier one MVM. Tiles: 9×4 → 1, 36×300 → 2 column splits, 2700×4 → 11 row splits, 16×10 → 1.
+    mvms, tiles = [64, 16, 4, 1], [1, 2, 11, 1]
+    assert cli.main(["info", "--network", str(path), "--chip", "read_phases=4", "--chip", "n_cores=4",
+                     "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["network"]["input_shape"] == [8, 8, 1]
+    assert [l["mvms"] for l in info["network"]["layers"]] == mvms
+    assert [l["tiles"] for l in info["network"]["layers"]] == tiles
+    c = info["cost"]
+    assert c["read_phases"] == 4 and c["mvms_per_inference"] == 85
+    assert c["cores_used"] == 15 and c["chips"] == info["network"]["n_chips"] == 4  # 15 cores, 4 per chip
+    assert c["latency_ns"] == pytest.approx(85 * T_MVM_NS[4])
+    energy = sum(m * n for m, n in zip(mvms, tiles)) * E_CORE_UJ[4]  # 141 core-MVMs
+    assert c["energy_uj"] == pytest.approx(energy)
+    assert c["ops"] == pytest.approx(2 * (9 * 4 * 64 + 36 * 300 * 16 + 2700 * 4 * 4 + 16 * 10))
+
+    assert cli.main(["info", "--network", str(path), "--chip", "read_phases=4", "--chip", "n_cores=4"]) == 0
+    out = capsys.readouterr().out
+    layout = pnn.plan(model, pj.ChipConfig(n_cores=4), n_chips=4)
+    assert layout.report() in out
+    assert "cores used           15 (4 chips of 4;" in out and "four-phase" in out
+    assert f"latency              {85 * T_MVM_NS[4] / 1e3:.3f} µs" in out
+    assert f"energy               {energy:.3f} µJ per inference" in out
+
+
+@pytest.fixture(scope="module")
+def network_study(tmp_path_factory, xla_cache):
+    """A finished study of a tiny MLP in <tmp>/pcmjax-results: (checkpoint, folder, results)."""
+    from pcmjax import montecarlo as mc
+    from pcmjax import nn as pnn
+    import pcmjax as pj
+
+    root = tmp_path_factory.mktemp("netstudy")
+    path, _ = _checkpoint(root, MLP)
+    model, _, _ = mc.load_network(path)
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8)).astype(np.float32)
+    y = np.asarray(pnn.predict(model, x))
+    st = mc.Study(mc.NetworkWorkload(model, x, y, x[:16]), times=(1.0, 3600.0, 1e6), instances=2,
+                  chip=pj.ChipConfig(n_cores=4), seed=1, variants=(mc.DEFAULT_VARIANTS[0],))
+    res = mc.run_study(st, root / "pcmjax-results", quiet=True, plots=False)
+    return path, root / "pcmjax-results", res
+
+
+def test_info_network_beside_the_accuracy_study(tmp_path, network_study, capsys, monkeypatch):
+    import shutil
+
+    from pcmjax.montecarlo.study import format_time
+
+    path, folder, res = network_study
+    acc = res.get("accuracy", "none").astype(np.float64)
+    want = {f"none at {format_time(1.0)}": acc[:, 0].mean(), f"none at {format_time(1e6)}": acc[:, 2].mean()}
+    assert cli.main(["info", "--network", str(path), "--results", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["accuracy"] == pytest.approx(want) and info["accuracy_source"] == str(folder)
+    assert info["cost"]["cores_used"] == 4
+
+    assert cli.main(["info", "--network", str(path), "--results", str(folder)]) == 0
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.strip().startswith("accuracy"))
+    assert ", ".join(f"{k} {v:.2%}" for k, v in want.items()) in line
+    assert format_time(3600.0) not in line  # first and last time only
+    assert f"mean over 2 chip instances of the study in {folder}" in out
+    assert "different network" not in out and "phase mode" not in out
+    # The study read one-phase; a four-phase cost is flagged as not matching it.
+    assert cli.main(["info", "--network", str(path), "--results", str(folder), "--chip", "read_phases=4"]) == 0
+    assert "the study read the chip in one-phase mode" in capsys.readouterr().out
+
+    # Without --results: ./pcmjax-results is used when it holds a study of this network ...
+    monkeypatch.chdir(folder.parent)
+    assert cli.main(["info", "--network", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "the study in pcmjax-results" in out and f"none at {format_time(1e6)}" in out
+    # ... and not for another network (other weights), saying so.
+    other, _ = _checkpoint(tmp_path, MLP, seed=1, name="other.npz")
+    assert cli.main(["info", "--network", str(other)]) == 0
+    captured = capsys.readouterr()
+    assert "none at" not in captured.out and "pcmjax-results holds a study of another network" in captured.err
+    # Given explicitly for another network, the figures are shown with a warning.
+    assert cli.main(["info", "--network", str(other), "--results", str(folder)]) == 0
+    assert "WARNING: that study was made for a different network" in capsys.readouterr().out
+
+    # An interrupted run (no results.npz yet) gives the instances finished so far.
+    part = tmp_path / "partial"
+    shutil.copytree(folder, part)
+    (part / "results.npz").unlink()
+    assert cli.main(["info", "--network", str(path), "--results", str(part), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(want)
+    assert cli.main(["info", "--network", str(path), "--results", str(part)]) == 0
+    assert "interrupted run: 2 of 2 instances" in capsys.readouterr().out
+
+
+def test_info_network_bad_input(tmp_path, capsys):
+    from pcmjax.montecarlo import Results
+
+    path, _ = _checkpoint(tmp_path, MLP)
+    (tmp_path / "notes.npz").write_text("not a checkpoint")
+    (tmp_path / "empty").mkdir()
+    Results(np.zeros((2, 1, 1, 1)), [1.0], ["none"], ["mvm_error"]).save(tmp_path / "mvm")
+    cases = [
+        (["--network", str(tmp_path / "nope.npz")], ["--network", "does not exist", "save_network", "'default'"]),
+        (["--network", str(tmp_path)], ["--network", "is a folder", "'default'"]),
+        (["--network", str(tmp_path / "notes.npz")], ["--network", "not a pcmjax network checkpoint"]),
+        (["--network", str(path), "--results", str(tmp_path / "none")], ["--results", "does not exist"]),
+        (["--network", str(path), "--results", str(tmp_path / "empty")], ["--results", "no pcmjax study",
+                                                                        "pcmjax study"]),
+        (["--network", str(path), "--results", str(tmp_path / "mvm")], ["--results", "no 'accuracy' metric",
+                                                                      "mvm_error", "network study"]),
+        (["--results", str(tmp_path / "mvm")], ["--results needs --network"]),
+        (["--network", str(path), "--chip", "rows=128"], ["--network", "256×256", "128×256"]),
+    ]
+    for argv, needles in cases:
+        assert cli.main(["info", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("pcmjax info: error: "), err
+        for n in needles:
+            assert n in err, (argv, n, err)

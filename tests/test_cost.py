@@ -103,3 +103,26 @@ def test_bad_layer():
         cost.mvm_cost(8, utilisation=1.5)
     with pytest.raises(TypeError, match="LayerCost"):
         cost.network_cost([object()])
+
+
+def test_layer_mvms_counts_output_rows_of_every_call():
+    from flax import nnx
+
+    import pcmjax as pj
+    from pcmjax import nn as pnn
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.a = pnn.AnalogLinear(6, 6, rngs=rngs)
+            self.c = pnn.AnalogConv(6, 4, (3,), strides=2, rngs=rngs)
+
+        def __call__(self, x):  # [N, 7, 6]: a sequence of 7 vectors
+            x = self.a(self.a(x))  # the same layer twice: 7 MVMs per call
+            return self.c(x)  # 1-D, stride 2, SAME: ceil(7 / 2) = 4 output positions
+
+    net = Net(nnx.Rngs(0))
+    layout = pnn.plan(net, pj.ChipConfig())
+    assert cost.layer_mvms(net, layout, (7, 6)) == {"a": 14.0, "c": 4.0}
+    assert net.a.chip_index is None  # counted on a clone: the model itself is untouched
+    with pytest.raises(ValueError, match="layout has 2 layers but the model has 1"):
+        cost.layer_mvms(pnn.MLP(6, (), 3, rngs=nnx.Rngs(0)), layout, (6,))
