@@ -109,7 +109,8 @@ class ChipState:
         check_key(key)
         check_time(t)
         if jnp.ndim(t) != 0:
-            raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape {jnp.shape(t)}.")
+            raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape "
+                             f"{jnp.shape(t)}.")
         if not isinstance(effective, bool):
             raise TypeError(f"effective must be a bool, got {effective!r}.")
         return _device_conductances(self, key, jnp.asarray(t, jnp.float32), effective)
