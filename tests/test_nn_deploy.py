@@ -125,3 +125,23 @@ def test_deploy_errors():
         pnn.plan(Chain((2, 2), nnx.Rngs(0)), "hermes")
     with pytest.raises(ValueError, match="n_chips"):
         pnn.plan(Chain((2, 2), nnx.Rngs(0)), pj.ChipConfig(), n_chips=0)
+
+
+def test_unprogrammed_template_places_without_a_state_and_programs_on_demand():
+    model = Chain((20, 16, 8), nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(2), (8, 20), minval=-1, maxval=1)
+    pnn.set_input_scales(model, x)
+    model.eval()
+    cfg = pj.ChipConfig.ideal()
+    template = pnn.deploy(model, jax.random.key(3), cfg, program=False)
+    assert template.state is None and template.layout == pnn.plan(model, cfg)
+    for use in (lambda: template(x), lambda: template.at_time(jax.random.key(0), 1.0), lambda: template.t,
+                lambda: pnn.calibrate(template, jax.random.key(0), x, steps=1)):
+        with pytest.raises(ValueError, match="program=False"):
+            use()
+    # Programming the template gives what deploy() programs from the same key.
+    programmed = template.replace(state=template.program(jax.random.key(3)))
+    np.testing.assert_array_equal(programmed(x), pnn.deploy(model, jax.random.key(3), cfg)(x))
+    np.testing.assert_allclose(programmed(x), model(x), rtol=1e-4, atol=1e-5)  # the ideal chip is exact
+    with pytest.raises(TypeError, match="program must be True or False"):
+        pnn.deploy(model, jax.random.key(3), cfg, program="no")

@@ -305,16 +305,8 @@ class NetworkWorkload(Workload):
         if self._template is None:
             if self._geometry is None:
                 self.check_config(ChipConfig())
-            import contextlib
-            import importlib
-            from unittest import mock
-
-            deploy_module = importlib.import_module("pcmjax.nn.deploy")  # (pcmjax.nn.deploy is also a function)
-
-            skip = (mock.patch.object(deploy_module, "program_chip", lambda *a, **k: None)
-                    if hasattr(deploy_module, "program_chip") else contextlib.nullcontext())
-            with skip:
-                self._template = _nn().deploy(self.model, jax.random.key(0), self._layout_cfg, n_chips=self.n_chips)
+            self._template = _nn().deploy(self.model, jax.random.key(0), self._layout_cfg, n_chips=self.n_chips,
+                                          program=False)
         return self._template
 
     @property

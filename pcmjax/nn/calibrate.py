@@ -133,6 +133,7 @@ def calibrate(deployed: DeployedModel, key, data, t=None, *, steps: int = 200, l
         raise TypeError(f"deployed must be a pcmjax.nn.DeployedModel (from pcmjax.nn.deploy), "
                         f"got {type(deployed).__name__}.")
     check_key(key)
+    deployed._programmed_state()  # a clear error for an unprogrammed template
     k_age, k_cal = jax.random.split(key)
     if t is not None:
         deployed = deployed.at_time(k_age, t)

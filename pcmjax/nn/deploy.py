@@ -222,10 +222,16 @@ class DeployedModel:
             setattr(new, k, v)
         return new
 
+    def _programmed_state(self) -> ChipState:
+        if self.state is None:
+            raise ValueError("this DeployedModel was placed with deploy(..., program=False) and holds no chip "
+                             "state; program one with deployed.replace(state=deployed.program(key)).")
+        return self.state
+
     @property
     def t(self) -> float:
         """Seconds since programming of the current state."""
-        return float(self.state.t)
+        return float(self._programmed_state().t)
 
     def report(self) -> str:
         """The placement table (see :meth:`Layout.report`)."""
@@ -254,15 +260,15 @@ class DeployedModel:
         """The network on the chips: ``x`` → output (``key`` draws read and ADC noise)."""
         key = jax.random.key(0) if key is None else key
         check_key(key)
-        return self.apply(self.state, self.calibration, key, jnp.asarray(x))
+        return self.apply(self._programmed_state(), self.calibration, key, jnp.asarray(x))
 
     def at_time(self, key, t) -> "DeployedModel":
         """The deployed model ``t`` seconds after programming (drift, 1/f noise, compensation)."""
-        return self.replace(state=self.state.at_time(key, t))
+        return self.replace(state=self._programmed_state().at_time(key, t))
 
 
 def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
-           device: DeviceModel | None = None) -> DeployedModel:
+           device: DeviceModel | None = None, program: bool = True) -> DeployedModel:
     """Place every analog layer of ``model`` on chip cores and program them.
 
     Args:
@@ -272,6 +278,9 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
       config: :class:`pcmjax.ChipConfig` of one chip (default: HERMES).
       n_chips: how many such chips may be used; tiles fill chip 0 first.
       device: device model (default: ``HermesPCM(num_devices=2)``).
+      program: ``False`` places the network without programming a chip: the returned
+        model's ``state`` is ``None``, for templates whose chip instances are programmed
+        with :meth:`DeployedModel.program` (Monte Carlo studies).
 
     Returns:
       a :class:`DeployedModel` at ``t = 0``.
@@ -283,6 +292,8 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     config = ChipConfig() if config is None else config
     device = HermesPCM(num_devices=2) if device is None else device
     check_key(key)
+    if not isinstance(program, bool):
+        raise TypeError(f"program must be True or False, got {program!r}.")
     layout = plan(model, config, n_chips)
     chip_model = nnx.clone(model)
     for i, (_, layer) in enumerate(analog_layers(chip_model)):
@@ -298,7 +309,7 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     ref_graphdef, _ = nnx.split(ref_model)
     weights = tile_weights(chip_model, layout)
     cfg = config if n_chips == 1 else config.replace(n_cores=config.n_cores * n_chips)
-    state = program_chip(key, weights, cfg, device)
+    state = program_chip(key, weights, cfg, device) if program else None
     return DeployedModel(graphdef, params, ref_graphdef, layout, cfg, device, weights, state,
                          identity_calibration(layout))
 
