@@ -517,6 +517,33 @@ def test_drift_compensation_exact_for_state_independent_drift():
         np.testing.assert_allclose(y, _ref(X, W), atol=1e-5 * _ref(np.abs(X), np.abs(W)).max())
 
 
+
+@pytest.mark.parametrize("mode", ["global", "column"])
+def test_drift_compensation_reads_only_the_mapped_part_of_a_core(mode):
+    """A tile smaller than the core (the rest zero): the reference drives only the rows and
+    counts only the columns that hold weights, so the factor is the ratio of the mapped
+    devices' total conductance, whatever the unused RESET devices conduct and drift."""
+    w = np.zeros((C, R, K), np.float32)
+    w[0, :, :3] = np.asarray(W[0, :, :3])  # a 64×3 output layer
+    w[1, :20, :] = np.asarray(W[1, :20, :])  # a 20×32 first layer
+    w[2] = np.asarray(W[2])  # a full tile
+    w[2, 5, 7] = 0.0  # a zero weight inside a tile is still driven and counted
+    # Linear ADC, no noise: the reference counts are proportional to the conductance sums.
+    cfg = BASE.only("programming_noise", "drift").replace(drift_compensation=mode)
+    state = program(_key(0), jnp.asarray(w), cfg)
+    g0 = np.asarray(state.g_prog, np.float64)
+    assert g0[0, :, :, 3:].max() > 0  # the unused RESET devices do conduct (zero-target programming noise)
+    for t in (3600.0, YEAR):
+        st = age(state, _key(2), t)
+        gt = np.asarray(st.conductances(_key(2), t), np.float64)
+        for c, (rows, cols) in enumerate([(R, 3), (20, K), (R, K)]):
+            s0 = g0[c, :, :rows, :cols].sum(axis=(0, 1))  # per column, both polarities
+            st_ = gt[c, :, :rows, :cols].sum(axis=(0, 1))
+            want = s0 / st_ if mode == "column" else np.full(cols, s0.sum() / st_.sum())
+            np.testing.assert_allclose(np.asarray(st.comp[c, :cols], np.float64), want, rtol=2e-5)
+        # An all-zero core has nothing to compensate.
+        np.testing.assert_array_equal(np.asarray(st.comp[3]), 1.0)
+
 def _kw(v):
     """Input-line kernel Kw(v)_k = Σ_k' (min(k, k') + 1) v_k' along the last axis (float64)."""
     k = np.arange(v.shape[-1])

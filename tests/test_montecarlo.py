@@ -405,3 +405,32 @@ def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     none, cal = res.variants.index("none"), res.variants.index("calibrated")
     assert np.median(err[:, 1, cal]) < np.median(err[:, 1, none])
     assert (tmp_path / "out" / "figures" / "metrics_vs_time.png").exists()
+
+
+def test_runner_matches_instances_evaluated_one_at_a_time(tmp_path, xla_cache):
+    """The vectorised runner (instances × times vmapped, one compiled program) gives what
+    each instance gives evaluated alone: catches transformations or compilations that
+    mix up axes. HERMES cores with tiles smaller than a core (padding rows and columns),
+    global drift compensation and three times: the case an XLA miscompile once broke."""
+    arch = {"kind": "mlp", "in_features": 64, "hidden": [256, 256], "out_features": 10}
+    model = mc.build_network(arch, seed=2)
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (24, 64)).astype(np.float32)
+    y = rng.integers(0, 4, 24).astype(np.int32)
+    wl = mc.NetworkWorkload(model, x, y, x[:8])
+    st = mc.Study(wl, times=(1.0, 1e4, 1e7), instances=2, chip=pj.ChipConfig(n_cores=3), seed=5,
+                  variants=(mc.DEFAULT_VARIANTS[0], mc.DEFAULT_VARIANTS[1]))  # none, gdc
+    res = mc.run_study(st, None, quiet=True, histogram_instances=0)
+    data = wl.data()
+    one = jax.jit(lambda key, t, v: wl.evaluate(data, st.device, key, t, v), static_argnums=2)
+    for i in range(st.instances):
+        key = jax.random.fold_in(jax.random.key(st.seed), i)
+        for j, t in enumerate(st.times):
+            for k, v in enumerate(st.resolved_variants()):
+                out = one(key, jnp.float32(t), v)
+                for m, name in enumerate(st.metrics):
+                    got, want = res.values[i, j, k, m], float(out[name])
+                    if name == "accuracy":  # a rounding flip may change one prediction
+                        assert abs(got - want) <= 1.0 / len(y) + 1e-6, (i, t, v.name, name, got, want)
+                    else:
+                        assert got == pytest.approx(want, rel=1e-2, abs=1e-4), (i, t, v.name, name, got, want)

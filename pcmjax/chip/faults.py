@@ -197,15 +197,11 @@ def apply_faults(key, state, faults: FaultConfig):
 
 @jax.jit
 def _apply_faults(key, state, stuck_set, stuck_reset, dead_columns):
-    from pcmjax.chip import compensation
-    from pcmjax.chip.state import _aged, _at_time
+    from pcmjax.chip.state import _at_time, _initial_reference
 
     k_f, k_ref, k_t = jax.random.split(key, 3)
     dev, cfg = state.device, state.cfg
     g, nu = faulty_conductances(k_f, state.g_prog, state.nu, dev.g_max, int(dev.num_devices),
                                 set_drift_exponent(dev, cfg.drift), stuck_set, stuck_reset, dead_columns)
     state = state.replace(g_prog=g, nu=nu)
-    zero = jnp.zeros((), jnp.float32)
-    g0, var0 = _aged(state, jax.random.fold_in(k_ref, 0), zero)
-    ref0 = compensation.reference_read(jax.random.fold_in(k_ref, 1), g0, var0, dev.g_max, state.adc_params(), cfg)
-    return _at_time(state.replace(gdc_ref=ref0), k_t, state.t)
+    return _at_time(state.replace(gdc_ref=_initial_reference(state, k_ref)), k_t, state.t)

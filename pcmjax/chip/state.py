@@ -178,11 +178,15 @@ def _program(key, weights, device, cfg):
         comp=jnp.ones_like(zeros),
     )
     # The reference read right after programming, then the prepared state at t = 0.
-    g0, var0 = _aged(state, jax.random.fold_in(k_ref, 0), jnp.zeros((), jnp.float32))
-    ref0 = compensation.reference_read(jax.random.fold_in(k_ref, 1), g0, var0, device.g_max,
-                                       state.adc_params(), cfg)
-    state = state.replace(gdc_ref=ref0)
+    state = state.replace(gdc_ref=_initial_reference(state, k_ref))
     return _at_time(state, jax.random.fold_in(k_ref, 2), jnp.zeros((), jnp.float32))
+
+
+def _initial_reference(state: ChipState, key):
+    """The drift-compensation reference read right after programming, ``[C, K]``."""
+    g0, var0 = _aged(state, jax.random.fold_in(key, 0), jnp.zeros((), jnp.float32))
+    return compensation.reference_read(jax.random.fold_in(key, 1), g0, var0, state.device.g_max,
+                                       state.adc_params(), state.cfg, state.g_target)
 
 
 def _conductances(state: ChipState, key, t):
@@ -230,7 +234,8 @@ def _at_time(state: ChipState, key, t):
     k_age, k_ref, _ = jax.random.split(key, 3)
     g, var = _aged(state, k_age, t)
     if cfg.drift_compensation != "none":
-        ref_t = compensation.reference_read(k_ref, g, var, state.device.g_max, state.adc_params(), cfg)
+        ref_t = compensation.reference_read(k_ref, g, var, state.device.g_max, state.adc_params(), cfg,
+                                            state.g_target)
         comp = compensation.compensation_factor(state.gdc_ref, ref_t, cfg.drift_compensation)
     else:
         comp = jnp.ones_like(state.gdc_ref)
