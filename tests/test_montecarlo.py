@@ -434,3 +434,24 @@ def test_runner_matches_instances_evaluated_one_at_a_time(tmp_path, xla_cache):
                         assert abs(got - want) <= 1.0 / len(y) + 1e-6, (i, t, v.name, name, got, want)
                     else:
                         assert got == pytest.approx(want, rel=1e-2, abs=1e-4), (i, t, v.name, name, got, want)
+
+
+def test_fault_rate_sweep_as_variants(xla_cache):
+    """Stuck-at-RESET rates swept as study variants on an otherwise ideal chip: the mean
+    squared MVM error matches the binomial expectation. With n = 2 devices per sign a
+    weight keeps the fraction f = h/2 of its conductance, h ~ Bin(2, 1 − p), so
+    E‖y − xW‖² = p² ‖xW‖² + p(1 − p)/2 · Σ x² W² (independent over weights)."""
+    wl = mc.MVMWorkload(cores=2, rows=32, cols=32, batch=16)
+    rates = (0.0, 0.05, 0.2)
+    variants = tuple(mc.Variant(f"p{p}", {"faults": {"stuck_reset": p}}) for p in rates)
+    st = mc.Study(wl, times=(1.0,), instances=200, chip=pj.ChipConfig.ideal(n_cores=2, rows=32, cols=32), seed=0,
+                  variants=variants, metrics=("mvm_error",))
+    err2 = mc.run_study(st, None, quiet=True, histogram_instances=0).get("mvm_error")[:, 0, :].astype(np.float64) ** 2
+    w, x = (np.asarray(wl.data()[k], np.float64) for k in ("w", "x"))
+    y2 = np.sum(np.einsum("cbr,crk->cbk", x, w) ** 2)
+    xw2 = np.sum(np.einsum("cbr,crk->cbk", x**2, w**2))
+    assert np.all(err2[:, 0] < 1e-12)  # no faults, ideal chip: exact to float32 rounding
+    for j, p in enumerate(rates[1:], start=1):
+        want = p**2 + p * (1 - p) / 2 * xw2 / y2
+        se = err2[:, j].std(ddof=1) / np.sqrt(err2.shape[0])
+        assert abs(err2[:, j].mean() - want) < 5 * se, (p, err2[:, j].mean(), want, se)
