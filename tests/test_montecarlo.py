@@ -21,6 +21,7 @@ import pytest
 
 import pcmjax as pj
 from pcmjax import montecarlo as mc
+from pcmjax.chip.faults import FaultConfig
 from pcmjax.montecarlo import _memory, config, runner
 from pcmjax.montecarlo.results import Results
 from pcmjax.montecarlo.study import spec_differences
@@ -407,7 +408,12 @@ def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     assert (tmp_path / "out" / "figures" / "metrics_vs_time.png").exists()
 
 
-def test_runner_matches_instances_evaluated_one_at_a_time(tmp_path, xla_cache):
+@pytest.mark.parametrize("chip,variants", [
+    (pj.ChipConfig(n_cores=3), (mc.DEFAULT_VARIANTS[0], mc.DEFAULT_VARIANTS[1])),  # none, gdc
+    (pj.ChipConfig(n_cores=3, read_phases=4, faults=FaultConfig(stuck_set=0.01, dead_columns=0.02)),
+     (mc.Variant("column", {"drift_compensation": "column"}, calibrate=True),)),
+], ids=["one_phase-gdc", "four_phase-faults-column-calibrated"])
+def test_runner_matches_instances_evaluated_one_at_a_time(xla_cache, chip, variants):
     """The vectorised runner (instances × times vmapped, one compiled program) gives what
     each instance gives evaluated alone: catches transformations or compilations that
     mix up axes. HERMES cores with tiles smaller than a core (padding rows and columns),
@@ -418,8 +424,7 @@ def test_runner_matches_instances_evaluated_one_at_a_time(tmp_path, xla_cache):
     x = rng.uniform(0, 1, (24, 64)).astype(np.float32)
     y = rng.integers(0, 4, 24).astype(np.int32)
     wl = mc.NetworkWorkload(model, x, y, x[:8])
-    st = mc.Study(wl, times=(1.0, 1e4, 1e7), instances=2, chip=pj.ChipConfig(n_cores=3), seed=5,
-                  variants=(mc.DEFAULT_VARIANTS[0], mc.DEFAULT_VARIANTS[1]))  # none, gdc
+    st = mc.Study(wl, times=(1.0, 1e4, 1e7), instances=2, chip=chip, seed=5, variants=variants)
     res = mc.run_study(st, None, quiet=True, histogram_instances=0)
     data = wl.data()
     one = jax.jit(lambda key, t, v: wl.evaluate(data, st.device, key, t, v), static_argnums=2)
