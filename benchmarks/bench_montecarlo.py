@@ -119,7 +119,7 @@ def small_study(instances: int, size: int = 64, batch: int = 16) -> mc.Study:
 
 def scaling(max_instances: int) -> dict:
     rows = {"instances": [], "chunk": []}
-    print(f"\nscaling (raw MVM, 2 cores of 64×64, 6 times × 3 variants)")
+    print("\nscaling (raw MVM, 2 cores of 64×64, 6 times × 3 variants)")
     print(f"{'instances':>10}{'chunk':>7}{'width':>7}{'compute s':>11}{'evals/s':>10}{'XLA MiB':>9}{'RSS MiB':>9}")
     n = 1
     while n <= max_instances:

@@ -18,7 +18,6 @@ about 20 % a year after programming.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from pcmjax import _random

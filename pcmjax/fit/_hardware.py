@@ -98,7 +98,6 @@ def _moment_se(y, y0):
     """Standard errors of the log-summaries, clustered by column: outputs of one column
     share its devices and its ADC, so columns (not outputs) are the independent units."""
     m, (ybar, read, dev2, gain) = _moments(y, y0)
-    T = y.shape[0]
     ybar, read, dev2, gain, y0 = (np.asarray(v, np.float64) for v in (ybar, read, dev2, gain, y0))
     # [T, C, B, K] -> per-column sums over the batch: [T, C*K]
     col = lambda a: np.moveaxis(a, -2, -1).reshape(a.shape[0], -1, a.shape[-2]).sum(-1)  # noqa: E731

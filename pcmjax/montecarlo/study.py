@@ -257,7 +257,7 @@ class Study:
             f"  workload: {self.workload.describe()}",
             f"  device:   {type(self.device).__name__}(num_devices={self.device.num_devices})",
             f"  times:    {', '.join(format_time(t) for t in self.times)}",
-            f"  variants: " + "; ".join(
+            "  variants: " + "; ".join(
                 f"{v.name} ({', '.join(f'{p}={val}' for p, val in v.chip) or 'base chip'}"
                 f"{', calibrated' if v.calibrate else ''})" for v in self.variants),
             f"  metrics:  {', '.join(self.metrics)}",
