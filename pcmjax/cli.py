@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--metric", action="append", help="only these metrics (repeatable)")
 
     i = sub.add_parser("info", help="print the chip configuration and capacity")
-    i.add_argument("--config", "-c", metavar="STUDY.toml", help="take [chip] and [device] from a study file")
+    i.add_argument("--config", "-c", metavar="STUDY.toml", help="take [chip] and [device] from a study file (and, "
+                   "for a network study with a [workload] checkpoint, the network and the study's output folder)")
     i.add_argument("--chip", action="append", default=[], metavar="OPTION=VALUE",
                    help="override a chip option, e.g. --chip adc.bits=8 (repeatable; values parsed as TOML)")
     i.add_argument("--network", metavar="NETWORK", help="a network checkpoint (.npz, pcmjax.montecarlo.save_network) "
@@ -105,7 +106,17 @@ def _info(args) -> int:
     if args.config:
         cfg = load_toml(args.config)
         chip_table = cfg.get("chip", {})
-        device = build_device(cfg.get("device", {}), Path(args.config).resolve().parent)
+        base = Path(args.config).resolve().parent
+        device = build_device(cfg.get("device", {}), base)
+        workload = cfg.get("workload", {})
+        if (args.network is None and isinstance(workload, dict) and workload.get("kind", "network") == "network"
+                and isinstance(workload.get("checkpoint"), str)):
+            # The study's own network, and (unless --results says otherwise) its output folder.
+            ckpt = workload["checkpoint"]
+            args.network = ckpt if ckpt == "default" or Path(ckpt).is_absolute() else str(base / ckpt)
+            output = cfg.get("study", {}).get("output")
+            if args.results is None and isinstance(output, str) and Path(output).is_dir():
+                args.results = output
     cfg = ChipConfig.from_dict(chip_table)
     for item in args.chip:
         key, sep, value = item.partition("=")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -262,6 +263,31 @@ def test_info_network_beside_the_accuracy_study(tmp_path, network_study, capsys,
     assert cli.main(["info", "--network", str(path), "--results", str(part)]) == 0
     assert "interrupted run: 2 of 2 instances" in capsys.readouterr().out
 
+
+
+def test_info_config_takes_the_study_network_and_output(tmp_path, network_study, capsys, monkeypatch):
+    """``pcmjax info --config study.toml`` of a network study: its checkpoint (relative to the
+    file) and, when it exists, its output folder (relative to the working directory)."""
+    path, folder, res = network_study
+    sub = tmp_path / "studies"
+    sub.mkdir()
+    rel = os.path.relpath(path, sub)
+    (sub / "s.toml").write_text(f'[study]\noutput = "{folder.name}"\n[workload]\ncheckpoint = "{rel}"\n'
+                                '[chip]\nread_phases = 4\n')
+    monkeypatch.chdir(folder.parent)
+    assert cli.main(["info", "--config", str(sub / "s.toml"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["cost"]["cores_used"] == 4 and info["cost"]["read_phases"] == 4
+    assert info["accuracy_source"] == folder.name
+    from pcmjax.montecarlo.study import format_time
+
+    acc = res.get("accuracy", "none").astype(np.float64)
+    assert info["accuracy"] == pytest.approx({f"none at {format_time(1.0)}": acc[:, 0].mean(),
+                                              f"none at {format_time(1e6)}": acc[:, 2].mean()})
+    # Without an output folder on disk: the cost alone.
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["info", "--config", str(sub / "s.toml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] is None
 
 def test_info_network_bad_input(tmp_path, capsys):
     from pcmjax.montecarlo import Results
