@@ -82,6 +82,9 @@ def plot_metric(results: Results, metric: str, ax=None, variants=None, band=(5, 
         color = f"C{i}"
         ax.plot(x, med, "o-", color=color, label=v, lw=1.8, ms=4)
         ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
+    ref = results.meta.get("reference", {}).get(metric)
+    if ref is not None:  # the same evaluation without a chip
+        ax.axhline(ref * scale, color="0.3", ls="--", lw=1.2, label="digital (no chip)")
     format_time_axis(ax, times)
     ax.set_ylabel(metric_label(metric))
     ax.legend(title=f"variant (line: median, band: {band[0]}–{band[1]} %)", fontsize="small",

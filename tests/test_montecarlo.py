@@ -401,6 +401,16 @@ def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     res = mc.run_study(st, tmp_path / "out", quiet=True)
     acc = res.get("accuracy")
     assert np.all((acc >= 0) & (acc <= 1)) and np.all(np.isfinite(res.values))
+    # The digital network beside the chip: y are its own predictions, so its accuracy is 1;
+    # its loss is the cross-entropy of the float network's logits (in eval mode).
+    loaded.eval()
+    logits = np.asarray(loaded(jnp.asarray(x)), np.float64)
+    logp = logits - logits.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    assert res.meta["reference"]["accuracy"] == 1.0
+    assert res.meta["reference"]["loss"] == pytest.approx(-logp[np.arange(len(y)), y].mean(), rel=1e-4)
+    assert "digital (no chip)" in res.table(["accuracy"])
+    assert mc.load_results(tmp_path / "out").meta["reference"] == res.meta["reference"]
     assert np.median(acc[:, 0, 1]) > 0.5
     err = res.get("layer_error/layers/1")
     none, cal = res.variants.index("none"), res.variants.index("calibrated")

@@ -389,6 +389,14 @@ class NetworkWorkload(Workload):
         state, k_age, _, _ = self._program(data, device, key, variant)
         return state_conductances(state, k_age, t)
 
+    def reference_metrics(self, data):
+        import optax
+
+        logits = self._deployed().reference(data["x"])
+        y = data["y"]
+        return {"accuracy": float(jnp.mean(jnp.argmax(logits, axis=-1) == y)),
+                "loss": float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)))}
+
     def spec(self):
         flat = _flat_state(self.model)
         return {"kind": self.kind, "layers": [[n, list(sh)] for n, sh in zip(self.layer_names, self._layer_shapes())],

@@ -88,6 +88,9 @@ class Results:
             scale, unit = (100.0, " %") if is_percent(m) else (1.0, "")
             head = f"{m + (' (%)' if unit else ''):<18}" + "".join(f"{v:>{width}}" for v in self.variants)
             lines = [head, "-" * len(head)]
+            ref = self.meta.get("reference", {}).get(m)
+            if ref is not None:
+                lines.append(f"{'digital (no chip)':<18}{ref * scale:>{width}.3g}")
             for ti, t in enumerate(self.times):
                 cells = []
                 for v in self.variants:
@@ -164,5 +167,7 @@ def load_results(path, partial: bool = False) -> Results:
         raise FileNotFoundError(f"{str(path)!r}: no instance finished yet.")
     ids = sorted(done)
     meta = {"name": m.get("name"), "study_hash": m.get("study_hash"), "partial": f"{len(ids)} of {m['instances']}"}
+    if m.get("reference"):
+        meta["reference"] = m["reference"]
     return Results(np.stack([done[i][0] for i in ids]), m["times_s"], m["variants"], m["metrics"], meta,
                    instances=ids)

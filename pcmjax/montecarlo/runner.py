@@ -372,6 +372,14 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
 
     values = np.stack([done[i][0] for i in range(study.instances)])
     meta = {"name": study.name, "study_hash": study.hash(), "seed": study.seed, "workload": study.workload.kind}
+    reference = manifest.get("reference")  # the digital network's metrics (kept from the first run)
+    if reference is None:
+        reference = {m: v for m, v in study.workload.reference_metrics(study.workload.data()).items()
+                     if m in study.metrics}
+        if folder is not None and writer:
+            folder.update_manifest(reference=reference)
+    if reference:
+        meta["reference"] = reference
     results = Results(values, study.times, study.variant_names, study.metrics, meta)
     hists = [done[i][1] for i in range(study.instances) if done[i][1] is not None]
     results.histograms = None if not hists else {

@@ -77,6 +77,11 @@ class Workload(abc.ABC):
     def check_config(self, cfg: ChipConfig) -> None:
         """Raise ``ValueError`` if the workload cannot run on ``cfg``."""
 
+    def reference_metrics(self, data) -> dict:
+        """Metrics of the same evaluation without a chip (the digital network), ``name →
+        float``, shown beside the chip's in tables and figures; ``{}`` if there are none."""
+        return {}
+
 
 # -- helpers shared by workloads ---------------------------------------------------
 def relative_error(y, ref):
