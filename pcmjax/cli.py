@@ -5,6 +5,7 @@
     pcmjax study                          # the default study into ./pcmjax-results
     pcmjax study --config study.toml      # a study file (see pcmjax.montecarlo.config)
     pcmjax study --instances 1000 -o big  # override instances / seed / output / chunking
+    pcmjax study --distributed --coordinator host0:1234 --num-processes 2 --process-id 0
     pcmjax results pcmjax-results         # the summary table of a finished run
     pcmjax info [--config study.toml] [--chip adc.bits=8 ...]
     pcmjax info --network default         # placement and cost (cores, latency, energy, TOPS/W)
@@ -58,8 +59,12 @@ def _parser() -> argparse.ArgumentParser:
                    "from the memory budget; results are bit-identical for a given width)")
     s.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar, messages or table")
-    s.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (several "
-                   "hosts; run the same command on every host, with a shared output folder)")
+    s.add_argument("--distributed", action="store_true", help="join a multi-process run (several hosts: the same "
+                   "command on every host, with a shared output folder; on SLURM / Open MPI the cluster settings "
+                   "are detected, elsewhere give the three options below)")
+    s.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: address of process 0")
+    s.add_argument("--num-processes", type=_positive_int, help="with --distributed: number of processes")
+    s.add_argument("--process-id", type=int, help="with --distributed: this process's index, 0 … N-1")
     s.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
 
     r = sub.add_parser("results", help="print the summary table of a study's output folder (finished or "
@@ -345,8 +350,19 @@ def _network_info(args, cfg) -> dict:
 def _study(args) -> int:
     import jax
 
-    if args.distributed:  # pragma: no cover - needs a cluster
-        jax.distributed.initialize()
+    given = {k: v for k, v in (("--coordinator", args.coordinator), ("--num-processes", args.num_processes),
+                               ("--process-id", args.process_id)) if v is not None}
+    if given and not args.distributed:
+        raise ValueError(f"{', '.join(given)} need --distributed.")
+    if args.distributed:
+        if given and len(given) < 3:
+            raise ValueError("--distributed outside a recognised cluster needs all of --coordinator, --num-processes "
+                             f"and --process-id; got only {', '.join(given)}.")
+        if args.process_id is not None and not 0 <= args.process_id < args.num_processes:
+            raise ValueError(f"--process-id must be in 0 … {args.num_processes - 1}, got {args.process_id}.")
+        from pcmjax.montecarlo.runner import init_distributed
+
+        init_distributed(args.coordinator, args.num_processes, args.process_id)
     from pcmjax import montecarlo as mc
     from pcmjax.montecarlo import config as mcc
 

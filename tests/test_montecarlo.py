@@ -470,3 +470,50 @@ def test_fault_rate_sweep_as_variants(xla_cache):
         want = p**2 + p * (1 - p) / 2 * xw2 / y2
         se = err2[:, j].std(ddof=1) / np.sqrt(err2.shape[0])
         assert abs(err2[:, j].mean() - want) < 5 * se, (p, err2[:, j].mean(), want, se)
+
+
+def test_importing_pcmjax_starts_no_jax_backend():
+    """jax.distributed.initialize must run before any JAX backend exists, so importing the
+    package (as the CLI does before joining a multi-process run) must not create one."""
+    code = ("import pcmjax, pcmjax.montecarlo, pcmjax.nn, pcmjax.fit, pcmjax.cli, pcmjax.plots\n"
+            "from jax._src import xla_bridge\nassert not xla_bridge.backends_are_initialized()\n")
+    subprocess.run([sys.executable, "-c", code], check=True, env=subprocess_env(None), timeout=120)
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_study(tmp_path, reference):
+    """``pcmjax study --distributed``: two processes of two CPU devices each (Gloo on
+    localhost) run one study into one folder; process 0 writes it, and the results are
+    those of a single process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "s.toml").write_text(TINY_TOML)
+    out = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, "-m", "pcmjax.cli", "study", "--config", str(tmp_path / "s.toml"),
+                               "-o", str(out), "--quiet", "--no-plots", "--no-compile-cache", "--chunk-size", "8",
+                               "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], env=subprocess_env(None, 2), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err[-3000:]
+    res = mc.load_results(out)
+    assert res.values.shape == reference.values.shape
+    # Other device counts per process than the in-process reference: last bits may differ.
+    np.testing.assert_allclose(res.values, reference.values, rtol=1e-4, atol=0)
+    assert json.loads((out / "run.json").read_text())["devices"] == 4
+
+
+def test_distributed_options_are_checked(capsys):
+    from pcmjax import cli
+
+    assert cli.main(["study", "--coordinator", "127.0.0.1:1234"]) == 2
+    assert "need --distributed" in capsys.readouterr().err
+    assert cli.main(["study", "--distributed", "--num-processes", "2"]) == 2
+    assert "needs all of --coordinator, --num-processes and --process-id" in capsys.readouterr().err
+    assert cli.main(["study", "--distributed", "--coordinator", "h:1", "--num-processes", "2",
+                     "--process-id", "2"]) == 2
+    assert "--process-id must be in 0 … 1" in capsys.readouterr().err

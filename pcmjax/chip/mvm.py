@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pcmjax import _random
 from pcmjax._validate import check_inputs, check_key
@@ -22,7 +23,7 @@ from pcmjax.periphery.adc import adc_transfer
 from pcmjax.periphery.ldpu import ACTIVATIONS, apply_activation, ldpu_affine
 from pcmjax.periphery.pwm import pwm_encode
 
-_SIGNS = jnp.array([[1.0, -1.0], [-1.0, 1.0]], jnp.float32)
+_SIGNS = np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32)  # NumPy: importing must not start a JAX backend
 
 
 def mvm(key, state: ChipState, x, activation: str | None = None):

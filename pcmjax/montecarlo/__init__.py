@@ -27,7 +27,14 @@ from pcmjax.montecarlo.network import (
     save_network,
 )
 from pcmjax.montecarlo.results import Results, load_results
-from pcmjax.montecarlo.runner import choose_chunk, enable_compilation_cache, instance_function, make_mesh, run_study
+from pcmjax.montecarlo.runner import (
+    choose_chunk,
+    enable_compilation_cache,
+    init_distributed,
+    instance_function,
+    make_mesh,
+    run_study,
+)
 from pcmjax.montecarlo.store import StudyMismatchError
 from pcmjax.montecarlo.study import (
     DAY,
@@ -48,7 +55,8 @@ from pcmjax.montecarlo.workloads import MVMWorkload, Workload, fit_column_affine
 __all__ = [
     "Study", "Variant", "ResolvedVariant", "DEFAULT_VARIANTS", "Workload", "MVMWorkload", "run_study",
     "Results", "load_results", "StudyMismatchError", "log_times", "format_time", "make_mesh", "choose_chunk",
-    "instance_function", "relative_error", "fit_column_affine", "enable_compilation_cache", "NetworkWorkload",
+    "instance_function", "relative_error", "fit_column_affine", "enable_compilation_cache", "init_distributed",
+    "NetworkWorkload",
     "build_network", "save_network", "load_network", "default_network", "cache_dir", "ConfigError", "StudyConfig",
     "default_study", "load_study_file", "study_from_dict", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR",
 ]

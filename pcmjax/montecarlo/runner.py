@@ -26,11 +26,13 @@ differently, which can change the last bits.) A study run again in the same proc
 reuses its compiled program.
 
 Several hosts: start every process with the same command after
-``jax.distributed.initialize(...)`` (``pcmjax study --distributed`` calls it with the
-cluster's environment settings); the mesh then spans every process's devices, each
-process runs its addressable shards, results are gathered with
+:func:`init_distributed` (``pcmjax study --distributed``; on a cluster whose scheduler JAX
+recognises, such as SLURM or Open MPI, without arguments, elsewhere with
+``--coordinator HOST:PORT --num-processes N --process-id I``); the mesh then spans every
+process's devices, each process runs its addressable shards, results are gathered with
 ``multihost_utils.process_allgather`` and only process 0 writes files. The output folder
-must be on a filesystem all processes see.
+must be on a filesystem all processes see. Results are the same as on one device
+(``tests/test_montecarlo.py`` runs two processes of two CPU devices each).
 """
 
 from __future__ import annotations
@@ -61,6 +63,23 @@ MAX_CHUNKS = 64  # ... and more when a run would otherwise need more chunks than
 MIN_CHUNKS = 4  # ... but split a run into at least this many chunks
 HIST_BINS = 60
 HIST_INSTANCES = 8  # instances pooled in the conductance histograms
+
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+    """Join a multi-process run: ``jax.distributed.initialize`` with these arguments (all
+    ``None``: taken from the cluster's environment). Call it before anything else uses JAX.
+
+    CPU devices of several processes exchange data through Gloo, which is selected here
+    (JAX's CPU backend has no cross-process collectives otherwise).
+    """
+    try:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except Exception:  # noqa: BLE001 - a JAX without the option: GPU/TPU runs need none
+        pass
+    kwargs = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
+                                ("process_id", process_id)) if v is not None}
+    jax.distributed.initialize(**kwargs)
 
 
 def enable_compilation_cache(path=None) -> str:
