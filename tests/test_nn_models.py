@@ -16,11 +16,15 @@ def test_resnet9_shapes_and_placement():
     assert y.shape == (2, 10)
     assert len(pnn.analog_layers(small)) == 9  # 8 convolutions + classifier
     # Placement needs only shapes: abstract models, no weights drawn.
-    full = nnx.eval_shape(lambda: pnn.ResNet9(rngs=nnx.Rngs(0)))  # default widths (32, 64, 128, 256)
+    full = nnx.eval_shape(lambda: pnn.ResNet9(rngs=nnx.Rngs(0)))  # default widths (56, 112, 224, 224)
     layout = pnn.plan(full, pj.ChipConfig())
     n_weights = sum(lp.shape[0] * lp.shape[1] for lp in layout.layers)
-    assert n_weights == 1_643_872
-    assert layout.n_tiles == 36
+    # Le Gallo et al. 2023: 1,866,536 weights on 40 cores; Table I: a layer on 8 cores, 86 % used.
+    assert n_weights == 1_866_536
+    assert layout.n_tiles == 40
+    big = [lp for lp in layout.layers if lp.n_tiles == 8]
+    assert [lp.name for lp in big] == ["layer3/conv", "res3/0/conv", "res3/1/conv"]
+    assert all(round(100 * lp.utilisation) == 86 for lp in big)
     dawn = nnx.eval_shape(lambda: pnn.ResNet9(widths=(64, 128, 256, 512), rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="n_chips=2"):  # the DAWNBench widths need two chips
         pnn.plan(dawn, pj.ChipConfig())
