@@ -22,6 +22,8 @@ import pytest
 import pcmjax as pj
 from pcmjax import montecarlo as mc
 from pcmjax.chip.faults import FaultConfig
+from pcmjax.chip.parasitics import ParasiticsConfig
+from pcmjax.chip.temperature import TemperatureConfig
 from pcmjax.montecarlo import _memory, config, runner
 from pcmjax.montecarlo.results import Results
 from pcmjax.montecarlo.study import spec_differences
@@ -422,7 +424,10 @@ def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     (pj.ChipConfig(n_cores=3), (mc.DEFAULT_VARIANTS[0], mc.DEFAULT_VARIANTS[1])),  # none, gdc
     (pj.ChipConfig(n_cores=3, read_phases=4, faults=FaultConfig(stuck_set=0.01, dead_columns=0.02)),
      (mc.Variant("column", {"drift_compensation": "column"}, calibrate=True),)),
-], ids=["one_phase-gdc", "four_phase-faults-column-calibrated"])
+    (pj.ChipConfig(n_cores=3, parasitics=ParasiticsConfig(2.0, 2.0),
+                   temperature=TemperatureConfig(temperature_k=330.0, read_temperature_k=310.0)),
+     (mc.DEFAULT_VARIANTS[1],)),
+], ids=["one_phase-gdc", "four_phase-faults-column-calibrated", "ir_drop-temperature-gdc"])
 def test_runner_matches_instances_evaluated_one_at_a_time(xla_cache, chip, variants):
     """The vectorised runner (instances × times vmapped, one compiled program) gives what
     each instance gives evaluated alone: catches transformations or compilations that
