@@ -210,13 +210,6 @@ def _load_network(name: str, log):
     return model, arch, ckpt, path
 
 
-def _params_hash(model) -> str:
-    # The workload's own fingerprint of a network (NetworkWorkload.spec()["params_sha256"]).
-    from pcmjax.montecarlo.network import _flat_state, _sha
-
-    return _sha(*(v.get_value() for _, v in _flat_state(model)))
-
-
 def _study_spec(folder) -> dict:
     """The study spec in a study folder's manifest (``{}`` if there is none or it is unreadable)."""
     from pcmjax.montecarlo.store import RunFolder
@@ -268,6 +261,7 @@ def _study_accuracy(folder, explicit: bool):
 def _network_info(args, cfg) -> dict:
     """Placement and cost of ``--network`` on chips of ``cfg``, with ``--results`` accuracy."""
     from pcmjax import cost
+    from pcmjax.montecarlo.network import params_fingerprint
     from pcmjax.nn import plan
 
     def log(msg):
@@ -293,7 +287,7 @@ def _network_info(args, cfg) -> dict:
     folder = args.results
     if folder is None and Path(DEFAULT_RESULTS).is_dir():
         wl = _study_spec(DEFAULT_RESULTS).get("workload", {})
-        if wl.get("params_sha256") is not None and wl.get("params_sha256") == _params_hash(model):
+        if wl.get("params_sha256") is not None and wl.get("params_sha256") == params_fingerprint(model):
             folder = DEFAULT_RESULTS
         else:
             what = "a study of another network" if wl.get("kind") == "network" else "no network study"
@@ -304,7 +298,7 @@ def _network_info(args, cfg) -> dict:
         h = spec.get("workload", {}).get("params_sha256")
         if h is None:
             source += "; its network could not be checked (no manifest.json with a network workload)"
-        elif h != _params_hash(model):
+        elif h != params_fingerprint(model):
             source += f"; WARNING: that study was made for a different network than {args.network}"
         study_phases = spec.get("chip", {}).get("read_phases")
         if study_phases in (1, 4) and study_phases != phases:

@@ -248,17 +248,16 @@ def layer_mvms(model, layout, input_shape) -> dict[str, float]:
     from flax import nnx
 
     from pcmjax.nn import _context
+    from pcmjax.nn.deploy import inference_view
     from pcmjax.nn.layers import analog_layers
 
-    net = nnx.clone(model)
+    net = inference_view(model)  # numbered as the layout, frozen statistics, no dropout
     layers = analog_layers(net)
     if len(layers) != len(layout.layers):
         raise ValueError(f"layout has {len(layout.layers)} layers but the model has {len(layers)} analog layers; "
                          "plan the layout from this model.")
-    for i, (_, layer) in enumerate(layers):
-        layer.chip_index, layer.mode = i, "digital"
-    # Inference view, as pcmjax.nn.deploy sets it: frozen statistics, no dropout.
-    net.set_attributes(use_running_average=True, deterministic=True, raise_if_not_found=False)
+    for _, layer in layers:
+        layer.mode = "digital"
     graphdef, state = nnx.split(net)
     counts = _RowCounter()
 

@@ -238,6 +238,12 @@ def _cached_digits(as_images: bool):
     return ds
 
 
+def params_fingerprint(model) -> str:
+    """A short SHA-256 of a network's parameters and statistics (the ``params_sha256`` of
+    a network study's spec, so a study folder can be matched to its network)."""
+    return _sha(*(v.get_value() for _, v in _flat_state(model)))
+
+
 def _sha(*arrays) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -398,9 +404,8 @@ class NetworkWorkload(Workload):
                 "loss": float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)))}
 
     def spec(self):
-        flat = _flat_state(self.model)
         return {"kind": self.kind, "layers": [[n, list(sh)] for n, sh in zip(self.layer_names, self._layer_shapes())],
-                "params_sha256": _sha(*(v.get_value() for _, v in flat)),
+                "params_sha256": params_fingerprint(self.model),
                 "eval_sha256": _sha(self.x_eval, self.y_eval), "eval_examples": int(self.x_eval.shape[0]),
                 "calibration_sha256": _sha(self.x_cal), "calibration_examples": int(self.x_cal.shape[0]),
                 "calibration": self.calibration,

@@ -267,6 +267,16 @@ class DeployedModel:
         return self.replace(state=self._programmed_state().at_time(key, t))
 
 
+def inference_view(model):
+    """A clone of ``model`` as deployed: each analog layer numbered with its ``chip_index``
+    (the order of :func:`plan`), input ranges and batch-norm statistics frozen, no dropout."""
+    view = nnx.clone(model)
+    for i, (_, layer) in enumerate(analog_layers(view)):
+        layer.chip_index = i
+    view.set_attributes(use_running_average=True, deterministic=True, raise_if_not_found=False)
+    return view
+
+
 def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
            device: DeviceModel | None = None, program: bool = True) -> DeployedModel:
     """Place every analog layer of ``model`` on chip cores and program them.
@@ -295,11 +305,7 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     if not isinstance(program, bool):
         raise TypeError(f"program must be True or False, got {program!r}.")
     layout = plan(model, config, n_chips)
-    chip_model = nnx.clone(model)
-    for i, (_, layer) in enumerate(analog_layers(chip_model)):
-        layer.chip_index = i
-    # Inference view: frozen input ranges and batch-norm statistics, no dropout.
-    chip_model.set_attributes(use_running_average=True, deterministic=True, raise_if_not_found=False)
+    chip_model = inference_view(model)
     ref_model = nnx.clone(chip_model)
     for _, layer in analog_layers(chip_model):
         layer.mode = "chip"
@@ -314,4 +320,4 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
                          identity_calibration(layout))
 
 
-__all__ = ["deploy", "plan", "DeployedModel", "Layout", "LayerPlacement", "identity_calibration", "tile_weights"]
+__all__ = ["deploy", "plan", "inference_view", "DeployedModel", "Layout", "LayerPlacement", "identity_calibration", "tile_weights"]
