@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 import pcmjax as pj
-from pcmjax.chip.gdp import GDPConfig
+from pcmjax.config import GDPConfig
 
 TIMES = (1.0, 3600.0, 86400.0)
 LABELS = {1.0: "1 s", 3600.0: "1 h", 86400.0: "1 day"}

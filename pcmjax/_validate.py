@@ -6,12 +6,15 @@ the arguments are tracers and only their shapes are checked.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 
 def is_traced(x) -> bool:
+    """Whether ``x`` is a tracer (inside ``jit``/``vmap``/``grad``): its values are unknown."""
     return isinstance(x, jax.core.Tracer)
 
 
@@ -75,3 +78,89 @@ def check_inputs(x, n_cores: int, rows: int):
     if shape[1] < 1:
         raise ValueError(f"x must have a batch size of at least 1, got shape {shape}.")
     return x
+
+
+# -- scalar options (configs, keyword arguments) --------------------------------------------
+def _range_text(lo, hi, lo_open=False, hi_open=False) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if lo_open else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"{'<' if hi_open else '<='} {hi}")
+    return " and ".join(parts)
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer (not a bool) in ``lo..hi`` (either bound may be ``None``); returns it.
+
+    Raises:
+      ValueError: naming ``name``, the value and the allowed range.
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and (lo is None or value >= lo) and (hi is None or value <= hi)
+    if not ok:
+        if lo is not None and hi is not None:
+            rng = f" in {lo}..{hi}"
+        else:
+            rng = f" {_range_text(lo, hi)}" if (lo is not None or hi is not None) else ""
+        raise ValueError(f"{name} must be an integer{rng}, got {value!r}.")
+    return int(value)
+
+
+def check_float(name: str, value, lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite real number (not a bool) within the bounds; returns it as ``float``.
+
+    ``lo_open``/``hi_open`` exclude the bound itself.
+
+    Raises:
+      ValueError: naming ``name``, the value and the allowed range.
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and math.isfinite(value)
+    if ok and lo is not None:
+        ok = value > lo if lo_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if hi_open else value <= hi
+    if not ok:
+        rng = _range_text(lo, hi, lo_open, hi_open)
+        raise ValueError(f"{name} must be a finite number{' ' + rng if rng else ''}, got {value!r}.")
+    return float(value)
+
+
+def check_choice(name: str, value, choices):
+    """One of ``choices``; returns it.
+
+    Raises:
+      ValueError: naming ``name``, the value and the allowed choices.
+    """
+    try:
+        ok = value in choices
+    except TypeError:  # an unhashable value asked of a set
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}.")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    """``True`` or ``False`` (not 0/1 or a string); returns it.
+
+    Raises:
+      TypeError: naming ``name`` and the value.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_instance(name: str, value, cls):
+    """An instance of ``cls`` (a class or tuple of classes); returns it.
+
+    Raises:
+      TypeError: naming ``name``, the expected class and the type given.
+    """
+    if not isinstance(value, cls):
+        names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+        raise TypeError(f"{name} must be a {names}, got {type(value).__name__}.")
+    return value

@@ -104,7 +104,7 @@ def _toml_value(text: str):
 
 
 def _info(args) -> int:
-    from pcmjax.chip.config import ChipConfig
+    from pcmjax.config import ChipConfig
     from pcmjax.montecarlo.config import ConfigError, build_device, load_toml
 
     chip_table, device = {}, None

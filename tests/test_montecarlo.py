@@ -21,9 +21,9 @@ import pytest
 
 import pcmjax as pj
 from pcmjax import montecarlo as mc
-from pcmjax.chip.faults import FaultConfig
-from pcmjax.chip.parasitics import ParasiticsConfig
-from pcmjax.chip.temperature import TemperatureConfig
+from pcmjax.config import FaultConfig
+from pcmjax.config import ParasiticsConfig
+from pcmjax.config import TemperatureConfig
 from pcmjax.montecarlo import _memory, config, runner
 from pcmjax.montecarlo.results import Results
 from pcmjax.montecarlo.study import spec_differences

@@ -9,7 +9,7 @@ import pytest
 
 import pcmjax as pj
 from pcmjax.chip import temperature
-from pcmjax.chip.temperature import TemperatureConfig
+from pcmjax.config import TemperatureConfig
 
 KB = 1.380649e-23 / 1.602176634e-19  # eV/K from the SI definitions
 

@@ -1,6 +1,6 @@
 """The chip: configuration, mapping, programming, state, the MVM pipeline, compensation."""
 
-from pcmjax.chip.config import NONIDEALITIES, ChipConfig, ProgramConfig
+from pcmjax.config import NONIDEALITIES, ChipConfig, ProgramConfig
 from pcmjax.chip.mvm import mvm
 from pcmjax.chip.state import ChipState, program_chip
 

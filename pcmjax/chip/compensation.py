@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from pcmjax import _random
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.periphery.adc import adc_transfer
 from pcmjax.periphery.pwm import pwm_encode
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 
 
 def weight_scale(weights, cfg: ChipConfig):

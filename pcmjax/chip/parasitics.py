@@ -56,36 +56,9 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+from pcmjax.config.parasitics import ParasiticsConfig
 
 UOHM_US = 1e-6  # Ω · µS → dimensionless
-
-
-@dataclasses.dataclass(frozen=True)
-class ParasiticsConfig:
-    """Wire resistance of the crossbar (default: none).
-
-    Attributes:
-      r_word_line: resistance of one cell pitch of an input line, Ω.
-      r_bit_line: resistance of one cell pitch of a bit line, Ω.
-      iterations: 1 = first-order model; more = fixed-point refinement steps.
-    """
-
-    r_word_line: float = 0.0
-    r_bit_line: float = 0.0
-    iterations: int = 1
-
-    def __post_init__(self):
-        for name in ("r_word_line", "r_bit_line"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < float("inf")):
-                raise ValueError(f"parasitics.{name} must be a finite number of ohms >= 0, got {v!r}.")
-        it = self.iterations
-        if isinstance(it, bool) or not isinstance(it, int) or not 1 <= it <= 100:
-            raise ValueError(f"parasitics.iterations must be an integer in 1..100, got {it!r}.")
-
-    @property
-    def enabled(self) -> bool:
-        return self.r_word_line > 0 or self.r_bit_line > 0
 
 
 def enabled(cfg) -> bool:

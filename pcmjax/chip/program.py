@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from pcmjax import _random
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 
 
 def program_conductances(key, g_target, device, cfg: ChipConfig):

@@ -15,7 +15,7 @@ from flax import struct
 
 from pcmjax._validate import check_key, check_weights
 from pcmjax.chip import compensation
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.chip.mapping import weight_scale, weights_to_targets
 from pcmjax.chip.program import program_conductances
 from pcmjax.devices import DeviceModel, HermesPCM

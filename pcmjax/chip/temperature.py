@@ -64,58 +64,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from pcmjax.config.temperature import TemperatureConfig
+
 K_B_EV = 8.617333262e-5  # Boltzmann constant, eV/K
-
-
-def _check_temp(name, v, allow_none=True):
-    if v is None and allow_none:
-        return
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 2000):
-        raise ValueError(f"temperature.{name} must be a temperature in kelvin in (0, 2000), got {v!r}.")
-
-
-@dataclasses.dataclass(frozen=True)
-class TemperatureConfig:
-    """Operating temperature of the chip (default: the reference, no change).
-
-    Attributes:
-      temperature_k: ambient temperature the devices are kept and read at, K (``None``:
-        the reference temperature).
-      read_temperature_k: temperature of the reads if different from the ambient one.
-      reference_k: temperature of the device statistics (HERMES figures: room
-        temperature, 300 K).
-      ea_reset_ev, ea_set_ev: activation energy of conduction near RESET and at full SET.
-      noise_exponent: ``β`` of the relative read noise ``∝ (G(T)/G(T_ref))^(−β)``.
-    """
-
-    temperature_k: float | None = None
-    read_temperature_k: float | None = None
-    reference_k: float = 300.0
-    ea_reset_ev: float = 0.3
-    ea_set_ev: float = 0.03
-    noise_exponent: float = 0.5
-
-    def __post_init__(self):
-        _check_temp("temperature_k", self.temperature_k)
-        _check_temp("read_temperature_k", self.read_temperature_k)
-        _check_temp("reference_k", self.reference_k, allow_none=False)
-        for name in ("ea_reset_ev", "ea_set_ev", "noise_exponent"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v <= 5):
-                raise ValueError(f"temperature.{name} must be a number in [0, 5], got {v!r}.")
-
-    @property
-    def ambient_k(self) -> float:
-        return self.reference_k if self.temperature_k is None else float(self.temperature_k)
-
-    @property
-    def read_k(self) -> float:
-        return self.ambient_k if self.read_temperature_k is None else float(self.read_temperature_k)
-
-    @property
-    def enabled(self) -> bool:
-        """True when reads or storage differ from the reference temperature."""
-        return self.ambient_k != self.reference_k or self.read_k != self.reference_k
 
 
 def activation_energy(g_r, tc: TemperatureConfig):

@@ -137,7 +137,7 @@ def simulate_hardware(key, weights, x, times, cfg=None, device=None, repeats: in
       cfg: :class:`pcmjax.ChipConfig`; device: the device model (with its scale factors).
       repeats: MVMs per input and time.
     """
-    from pcmjax.chip.config import ChipConfig
+    from pcmjax.config import ChipConfig
     from pcmjax.devices import HermesPCM
 
     cfg = ChipConfig() if cfg is None else cfg
@@ -196,7 +196,7 @@ def fit_scale_factors(meas: HardwareMeasurements, cfg=None, device=None, *, key=
     Returns:
       :class:`ScaleFit` with a device model carrying the recovered scales.
     """
-    from pcmjax.chip.config import ChipConfig
+    from pcmjax.config import ChipConfig
     from pcmjax.devices import HermesPCM
 
     cfg = ChipConfig() if cfg is None else cfg

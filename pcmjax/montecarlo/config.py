@@ -54,7 +54,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.montecarlo.study import DAY, HOUR, MINUTE, MONTH, WEEK, YEAR, Study, Variant, log_times
 
 DEFAULT_OUTPUT = "pcmjax-results"

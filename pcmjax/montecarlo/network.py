@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.chip.state import program_chip
 from pcmjax.montecarlo.workloads import Workload, fit_column_affine, relative_error, state_conductances
 

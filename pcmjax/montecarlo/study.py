@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.devices import DeviceModel, HermesPCM
 from pcmjax.devices import to_dict as device_to_dict
 

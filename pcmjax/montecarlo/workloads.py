@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.chip.mvm import mvm
 from pcmjax.chip.state import program_chip
 from pcmjax.montecarlo.study import ResolvedVariant

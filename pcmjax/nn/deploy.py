@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pcmjax._validate import check_key
-from pcmjax.chip.config import ChipConfig
+from pcmjax.config import ChipConfig
 from pcmjax.chip.state import ChipState, program_chip
 from pcmjax.devices import DeviceModel, HermesPCM
 from pcmjax.nn import _context

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from pcmjax import _random
 from pcmjax._ste import quantize_symmetric
 from pcmjax.devices import DeviceModel, HermesPCM, PCMLike
+from pcmjax.config.hwa import OUT_NOISE_MODES, HWAConfig
 
-OUT_NOISE_MODES = ("relative", "absolute")
 _EPS = 1e-12  # floor of scales we divide by
 
 
@@ -42,106 +42,6 @@ def _device(spec) -> DeviceModel:
 
 def _levels(bits: int) -> int:
     return 2 ** (bits - 1) - 1
-
-
-@dataclasses.dataclass(frozen=True)
-class HWAConfig:
-    """What hardware-aware training injects (frozen, hashable: static under ``jit``).
-
-    Attributes:
-      prog_noise_scale: multiple of the programming noise of ``noise_device`` added to
-        the weights (HERMES recipe: 2). 0 switches programming noise off.
-      noise_device: device model of the programming noise: ``"pcm_like"``,
-        ``"hermes"`` (two devices per sign), ``"hermes1"`` or a
-        :class:`pcmjax.devices.DeviceModel`.
-      drift_time: seconds after programming at which drift is injected: a number, a
-        ``(t_min, t_max)`` pair sampled log-uniformly at every call, or ``None`` (no
-        drift).
-      drift_device: device model whose drift exponents and 1/f noise are injected.
-      drift_noise: include the accumulated 1/f conductance noise at ``drift_time``.
-      drift_compensation: rescale the drifted weights of a layer by the ratio of total
-        conductance (global drift compensation, PHYSICS.md §5), as the chip does.
-      pwm_bits: input bits including sign (HERMES: 8); ``None``: inputs only clip at ±1.
-      adc_bits: output bits including sign (recipe: 8); ``None``: no output quantisation.
-      out_bound: ADC full scale of one tile's output in normalised units (inputs and
-        weights at most 1): ``ADCConfig.full_scale · rows`` of the chip (0.1 · 256).
-      out_noise: standard deviation of additive Gaussian noise on every tile output.
-      out_noise_mode: ``"relative"``: ``out_noise`` is a fraction of the batch's largest
-        tile output ("~10 % of the output range"); ``"absolute"``: in normalised units.
-      weight_clip: clip each kernel at ``weight_clip`` standard deviations of its
-        entries (``None``: no clipping). Also applied after every optimiser step by
-        :func:`pcmjax.nn.clip_weights`.
-      tile_rows: crossbar rows: larger layers are split into row tiles whose partial
-        sums are quantised and noised separately, then added (as on the chip).
-      input_scale_momentum: momentum of the running estimate of the layer's input range.
-      input_scale_quantile: quantile of ``|x|`` the input range tracks (1.0: abs-max).
-    """
-
-    prog_noise_scale: float = 2.0
-    noise_device: object = "pcm_like"
-    drift_time: float | tuple | None = (1.0, 3.15e7)
-    drift_device: object = "hermes"
-    drift_noise: bool = True
-    drift_compensation: bool = True
-    pwm_bits: int | None = 8
-    adc_bits: int | None = 8
-    out_bound: float = 25.6
-    out_noise: float = 0.04
-    out_noise_mode: str = "relative"
-    weight_clip: float | None = 3.0
-    tile_rows: int = 256
-    input_scale_momentum: float = 0.95
-    input_scale_quantile: float = 1.0
-
-    def __post_init__(self):
-        def num(name, lo=0.0, lo_open=False):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok or (v <= lo if lo_open else v < lo):
-                raise ValueError(f"HWAConfig.{name} must be a finite number {'>' if lo_open else '>='} {lo}, "
-                                 f"got {v!r}.")
-
-        num("prog_noise_scale")
-        num("out_noise")
-        num("out_bound", lo_open=True)
-        for name in ("noise_device", "drift_device"):
-            v = getattr(self, name)
-            if not isinstance(v, DeviceModel) and v not in ("pcm_like", "hermes", "hermes1"):
-                raise ValueError(f"HWAConfig.{name} must be 'pcm_like', 'hermes', 'hermes1' or a DeviceModel, "
-                                 f"got {v!r}.")
-        t = self.drift_time
-        if t is not None:
-            ts = tuple(t) if isinstance(t, (tuple, list)) else (t,)
-            if len(ts) not in (1, 2) or not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
-                                                  for v in ts) or (len(ts) == 2 and ts[0] > ts[1]):
-                raise ValueError(f"HWAConfig.drift_time must be None, seconds >= 0 or a (t_min, t_max) pair, "
-                                 f"got {t!r}.")
-            object.__setattr__(self, "drift_time", ts if len(ts) == 2 else float(ts[0]))
-        for name in ("pwm_bits", "adc_bits"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 2 <= v <= 16):
-                raise ValueError(f"HWAConfig.{name} must be None or an integer in 2..16, got {v!r}.")
-        if self.out_noise_mode not in OUT_NOISE_MODES:
-            raise ValueError(f"HWAConfig.out_noise_mode must be one of {OUT_NOISE_MODES}, got {self.out_noise_mode!r}.")
-        if self.weight_clip is not None:
-            num("weight_clip", lo_open=True)
-        if isinstance(self.tile_rows, bool) or not isinstance(self.tile_rows, int) or self.tile_rows < 1:
-            raise ValueError(f"HWAConfig.tile_rows must be a positive integer, got {self.tile_rows!r}.")
-        if not 0.0 <= self.input_scale_momentum < 1.0:
-            raise ValueError(f"HWAConfig.input_scale_momentum must be in [0, 1), got {self.input_scale_momentum!r}.")
-        if not 0.0 < self.input_scale_quantile <= 1.0:
-            raise ValueError(f"HWAConfig.input_scale_quantile must be in (0, 1], got {self.input_scale_quantile!r}.")
-
-    def replace(self, **changes) -> "HWAConfig":
-        """A copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def off(cls) -> "HWAConfig":
-        """No noise, no quantisation, no clipping: HWA mode then equals the float forward
-        (up to input clipping at the input range)."""
-        return cls(prog_noise_scale=0.0, drift_time=None, pwm_bits=None, adc_bits=None, out_noise=0.0,
-                   weight_clip=None)
 
 
 def row_chunks(n: int, size: int) -> tuple[tuple[int, int], ...]:

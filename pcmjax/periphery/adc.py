@@ -27,64 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from pcmjax._ste import round_ste
-
-
-@dataclasses.dataclass(frozen=True)
-class ADCConfig:
-    """CCO ADC and its one-time calibration.
-
-    Attributes:
-      enabled: round to integer counts and saturate at ±N_max (off: a converter with
-        gain ``a`` and no rounding or saturation; its residual nonlinearity, if any, stays).
-      bits: magnitude bits; ``N_max = 2^bits − 1`` counts per sign (HERMES: >420 levels
-        in the 128 ns window; default 9 bits = 511).
-      full_scale: fraction of the largest possible column charge (every row at full
-        input on a fully-SET device) that maps to ``N_max`` (HERMES keeps bit-line
-        currents under ~100 µA, about a tenth of the worst case).
-      gain_std: relative per-column gain spread after the analog trim (HERMES: 7 %).
-      offset_std: per-column offset, counts (standard deviation).
-      nonlinearity: mean residual compression ``b`` at full scale after calibration.
-      nonlinearity_std: per-column spread of ``b`` (``b`` is floored at 0).
-      noise_std: input-referred noise per conversion, counts rms.
-      cal_gain_error: relative error of the one-time per-column gain calibration that
-        the digital unit applies (0: the digital unit removes the gain spread exactly).
-      cal_offset_error: error of the one-time offset calibration, counts.
-    """
-
-    enabled: bool = True
-    bits: int = 9
-    full_scale: float = 0.1
-    gain_std: float = 0.07
-    offset_std: float = 1.0
-    nonlinearity: float = 0.01
-    nonlinearity_std: float = 0.005
-    noise_std: float = 0.5
-    cal_gain_error: float = 0.005
-    cal_offset_error: float = 0.25
-
-    def __post_init__(self):
-        if not isinstance(self.enabled, bool):
-            raise TypeError(f"adc.enabled must be a bool, got {self.enabled!r}.")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
-            raise ValueError(f"adc.bits must be an integer in 2..16, got {self.bits!r}.")
-        if not (isinstance(self.full_scale, (int, float)) and 0 < self.full_scale <= 1):
-            raise ValueError(f"adc.full_scale must be in (0, 1], got {self.full_scale!r}.")
-        for name in ("gain_std", "offset_std", "nonlinearity", "nonlinearity_std", "noise_std",
-                     "cal_gain_error", "cal_offset_error"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and v < float("inf")):
-                raise ValueError(f"adc.{name} must be a finite number >= 0, got {v!r}.")
-        if self.gain_std >= 0.5:
-            raise ValueError(f"adc.gain_std must be < 0.5 (a relative spread), got {self.gain_std!r}.")
-
-    @property
-    def n_max(self) -> int:
-        """Largest count per sign."""
-        return 2**self.bits - 1
-
-    def counts_per_unit(self, rows: int) -> float:
-        """``a``: counts per unit of normalised column charge."""
-        return self.n_max / (self.full_scale * rows)
+from pcmjax.config.periphery import ADCConfig
 
 
 def sample_adc_mismatch(key, cfg: ADCConfig, shape):

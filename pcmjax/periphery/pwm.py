@@ -12,30 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from pcmjax._ste import quantize_symmetric
-
-
-@dataclasses.dataclass(frozen=True)
-class PWMConfig:
-    """Input encoding.
-
-    Attributes:
-      enabled: quantise inputs to the PWM grid (off: inputs only saturate at ±1).
-      bits: input bits including sign (HERMES: 8, i.e. 7-bit magnitude), 2..16.
-    """
-
-    enabled: bool = True
-    bits: int = 8
-
-    def __post_init__(self):
-        if not isinstance(self.enabled, bool):
-            raise TypeError(f"pwm.enabled must be a bool, got {self.enabled!r}.")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 2 <= self.bits <= 16:
-            raise ValueError(f"pwm.bits must be an integer in 2..16, got {self.bits!r}.")
-
-    @property
-    def levels(self) -> int:
-        """Largest pulse length in time units: ``2^(bits−1) − 1``."""
-        return 2 ** (self.bits - 1) - 1
+from pcmjax.config.periphery import PWMConfig
 
 
 def pwm_encode(x, cfg: PWMConfig):

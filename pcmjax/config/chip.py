@@ -1,21 +1,25 @@
-"""Chip configuration: frozen, hashable dataclasses (static under ``jit``)."""
+"""Chip configuration: frozen, hashable dataclasses (static under ``jit``).
+
+A leaf module: it imports no implementation, so every implementation module may import it."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal, get_args
 
-from pcmjax.chip.faults import FaultConfig
-from pcmjax.chip.gdp import GDPConfig
-from pcmjax.chip.parasitics import ParasiticsConfig
-from pcmjax.chip.temperature import TemperatureConfig
-from pcmjax.periphery.adc import ADCConfig
-from pcmjax.periphery.ldpu import ACTIVATIONS
-from pcmjax.periphery.pwm import PWMConfig
+from pcmjax._validate import check_bool, check_choice, check_float, check_instance, check_int
+from pcmjax.config.faults import FaultConfig
+from pcmjax.config.gdp import GDPConfig
+from pcmjax.config.parasitics import ParasiticsConfig
+from pcmjax.config.periphery import ACTIVATION_NAMES, ADCConfig, Activation, PWMConfig
+from pcmjax.config.temperature import TemperatureConfig
 
-PROGRAM_METHODS = ("one_shot", "verify", "gdp")
-W_MAX_MODES = ("tile", "column")
-COMPENSATION_MODES = ("none", "global", "column")
+ProgramMethod = Literal["one_shot", "verify", "gdp"]
+WMaxMode = Literal["tile", "column"]
+CompensationMode = Literal["none", "global", "column"]
+PROGRAM_METHODS = get_args(ProgramMethod)
+W_MAX_MODES = get_args(WMaxMode)
+COMPENSATION_MODES = get_args(CompensationMode)
 
 # Every non-ideality, and the fields that switch it off (field path -> "off" value).
 NONIDEALITIES: dict[str, tuple[tuple[str, Any], ...]] = {
@@ -37,25 +41,6 @@ NONIDEALITIES: dict[str, tuple[tuple[str, Any], ...]] = {
 }
 
 
-def _check_int(name, v, lo, hi=None):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
-        raise ValueError(f"{name} must be an integer {rng}, got {v!r}.")
-
-
-def _check_float(name, v, lo=0.0, hi=float("inf"), lo_open=False):
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and v < float("inf")
-    ok = ok and (v > lo if lo_open else v >= lo) and v <= hi
-    if not ok:
-        raise ValueError(f"{name} must be a finite number {'>' if lo_open else '>='} {lo}"
-                         f"{'' if hi == float('inf') else f' and <= {hi}'}, got {v!r}.")
-
-
-def _check_choice(name, v, choices):
-    if v not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {v!r}.")
-
-
 @dataclasses.dataclass(frozen=True)
 class ProgramConfig:
     """Programming algorithm (PHYSICS.md §3).
@@ -75,7 +60,7 @@ class ProgramConfig:
         the MVM error, then written with ``gdp.write``; :mod:`pcmjax.chip.gdp`).
     """
 
-    method: str = "one_shot"
+    method: ProgramMethod = "one_shot"
     iterations: int = 30
     tolerance: float = 0.02
     step: float = 0.7
@@ -85,17 +70,16 @@ class ProgramConfig:
     gdp: GDPConfig = GDPConfig()
 
     def __post_init__(self):
-        _check_choice("program.method", self.method, PROGRAM_METHODS)
-        _check_int("program.iterations", self.iterations, 1, 1000)
-        _check_float("program.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
-        _check_float("program.step", self.step, 0.0, 2.0, lo_open=True)
-        _check_float("program.step_noise", self.step_noise, 0.0, 2.0)
-        _check_float("program.verify_read_noise", self.verify_read_noise, 0.0, 1.0)
-        _check_float("program.set_spread", self.set_spread, 0.0, 0.5)
+        check_choice("program.method", self.method, PROGRAM_METHODS)
+        check_int("program.iterations", self.iterations, 1, 1000)
+        check_float("program.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
+        check_float("program.step", self.step, 0.0, 2.0, lo_open=True)
+        check_float("program.step_noise", self.step_noise, 0.0, 2.0)
+        check_float("program.verify_read_noise", self.verify_read_noise, 0.0, 1.0)
+        check_float("program.set_spread", self.set_spread, 0.0, 0.5)
         if isinstance(self.gdp, dict):  # from to_dict() / TOML
             object.__setattr__(self, "gdp", GDPConfig(**self.gdp))
-        if not isinstance(self.gdp, GDPConfig):
-            raise TypeError(f"program.gdp must be a GDPConfig, got {type(self.gdp).__name__}.")
+        check_instance("program.gdp", self.gdp, GDPConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +118,7 @@ class ChipConfig:
     n_cores: int = 64
     rows: int = 256
     cols: int = 256
-    w_max: str = "tile"
+    w_max: WMaxMode = "tile"
     w_clip_sigma: float | None = None
     programming_noise: bool = True
     program: ProgramConfig = ProgramConfig()
@@ -144,41 +128,36 @@ class ChipConfig:
     read_interval_s: float = 1e-6
     pwm: PWMConfig = PWMConfig()
     adc: ADCConfig = ADCConfig()
-    read_phases: int = 1
+    read_phases: Literal[1, 4] = 1
     polarity_asymmetry: float = 0.01
-    activation: str = "identity"
-    drift_compensation: str = "global"
+    activation: Activation = "identity"
+    drift_compensation: CompensationMode = "global"
     gdc_input: float = 0.5
     faults: FaultConfig = FaultConfig()
     parasitics: ParasiticsConfig = ParasiticsConfig()
     temperature: TemperatureConfig = TemperatureConfig()
 
     def __post_init__(self):
-        _check_int("n_cores", self.n_cores, 1, 4096)
-        _check_int("rows", self.rows, 1, 4096)
-        _check_int("cols", self.cols, 1, 4096)
-        _check_choice("w_max", self.w_max, W_MAX_MODES)
+        check_int("n_cores", self.n_cores, 1, 4096)
+        check_int("rows", self.rows, 1, 4096)
+        check_int("cols", self.cols, 1, 4096)
+        check_choice("w_max", self.w_max, W_MAX_MODES)
         if self.w_clip_sigma is not None:
-            _check_float("w_clip_sigma", self.w_clip_sigma, 0.0, lo_open=True)
+            check_float("w_clip_sigma", self.w_clip_sigma, 0.0, lo_open=True)
         for name in ("programming_noise", "drift", "drift_noise", "read_noise"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}.")
-        for name, cls in (("program", ProgramConfig), ("pwm", PWMConfig), ("adc", ADCConfig)):
-            if not isinstance(getattr(self, name), cls):
-                raise TypeError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}.")
-        _check_float("read_interval_s", self.read_interval_s, 0.0, lo_open=True)
-        if self.read_phases not in (1, 4) or isinstance(self.read_phases, bool):
-            raise ValueError(f"read_phases must be 1 or 4, got {self.read_phases!r}.")
-        _check_float("polarity_asymmetry", self.polarity_asymmetry, 0.0, 0.5)
-        _check_choice("activation", self.activation, tuple(sorted(ACTIVATIONS)))
-        _check_choice("drift_compensation", self.drift_compensation, COMPENSATION_MODES)
-        _check_float("gdc_input", self.gdc_input, 0.0, 1.0, lo_open=True)
-        if not isinstance(self.faults, FaultConfig):
-            raise TypeError(f"faults must be a FaultConfig, got {type(self.faults).__name__}.")
-        if not isinstance(self.parasitics, ParasiticsConfig):
-            raise TypeError(f"parasitics must be a ParasiticsConfig, got {type(self.parasitics).__name__}.")
-        if not isinstance(self.temperature, TemperatureConfig):
-            raise TypeError(f"temperature must be a TemperatureConfig, got {type(self.temperature).__name__}.")
+            check_bool(name, getattr(self, name))
+        for name, cls in (("program", ProgramConfig), ("pwm", PWMConfig), ("adc", ADCConfig),
+                          ("faults", FaultConfig), ("parasitics", ParasiticsConfig),
+                          ("temperature", TemperatureConfig)):
+            check_instance(name, getattr(self, name), cls)
+        check_float("read_interval_s", self.read_interval_s, 0.0, lo_open=True)
+        if isinstance(self.read_phases, bool):
+            raise ValueError(f"read_phases must be one of (1, 4), got {self.read_phases!r}.")
+        check_choice("read_phases", self.read_phases, (1, 4))
+        check_float("polarity_asymmetry", self.polarity_asymmetry, 0.0, 0.5)
+        check_choice("activation", self.activation, ACTIVATION_NAMES)
+        check_choice("drift_compensation", self.drift_compensation, COMPENSATION_MODES)
+        check_float("gdc_input", self.gdc_input, 0.0, 1.0, lo_open=True)
 
     # ------------------------------------------------------------------------------
     @classmethod
