@@ -76,26 +76,31 @@ def reference_read(key, g_sign, var_sign, g_max, adc: dict, cfg: ChipConfig, g_t
     return ref if g_target is None else jnp.where(cols, ref, 0.0)
 
 
-def compensation_factor(ref0, ref_t, mode: str):
+def compensation_factor(ref0, ref_t, mode: str, floor: float = MIN_REFERENCE_COUNTS):
     """Output scale per column from reference readings at programming and at ``t``.
 
+    The one drift-compensation ratio of pcmjax: the chip's reference read, gradient-based
+    programming's model of it and hardware-aware training all use it.
+
     Args:
-      ref0, ref_t: ``[cores, cols]`` reference counts.
-      mode: ``"none"``, ``"global"`` or ``"column"``.
+      ref0, ref_t: ``[..., cols]`` references (counts, or total conductances).
+      mode: ``"none"``, ``"global"`` (one ratio of the sums over the last axis) or
+        ``"column"`` (one per column; a column whose references are at most ``floor``
+        gets the global ratio).
+      floor: a reference at most this large measured nothing usable (the ratio is then 1,
+        never a division by ~0).
 
     Returns:
-      ``[cores, cols]`` factors (1 where nothing could be measured).
+      ``[..., cols]`` factors (1 where nothing could be measured).
     """
     if mode == "none":
         return jnp.ones_like(ref0)
     tot0 = jnp.sum(ref0, axis=-1, keepdims=True)
     tot_t = jnp.sum(ref_t, axis=-1, keepdims=True)
-    usable = tot_t > MIN_REFERENCE_COUNTS
+    usable = tot_t > floor
     glob = jnp.where(usable, tot0 / jnp.where(usable, tot_t, 1.0), 1.0)
-    glob = jnp.broadcast_to(glob, ref0.shape)
+    glob = jnp.broadcast_to(glob, jnp.broadcast_shapes(ref0.shape, ref_t.shape))
     if mode == "global":
         return glob
-    col_ok = (ref_t > MIN_REFERENCE_COUNTS) & (ref0 > MIN_REFERENCE_COUNTS)
+    col_ok = (ref_t > floor) & (ref0 > floor)
     return jnp.where(col_ok, ref0 / jnp.where(col_ok, ref_t, 1.0), glob)
-
-
