@@ -8,12 +8,14 @@ module imports its configuration from here. The public names are re-exported fro
 from pcmjax.config.chip import (
     COMPENSATION_MODES,
     NONIDEALITIES,
+    PRESETS,
     PROGRAM_METHODS,
     W_MAX_MODES,
     ChipConfig,
     CompensationMode,
     ProgramConfig,
     ProgramMethod,
+    ReadMode,
     WMaxMode,
 )
 from pcmjax.config.faults import FaultConfig
@@ -27,5 +29,5 @@ __all__ = [
     "ChipConfig", "ProgramConfig", "GDPConfig", "FaultConfig", "ParasiticsConfig", "TemperatureConfig",
     "ADCConfig", "PWMConfig", "HWAConfig", "NONIDEALITIES", "PROGRAM_METHODS", "W_MAX_MODES",
     "COMPENSATION_MODES", "WRITE_METHODS", "OUT_NOISE_MODES", "ACTIVATION_NAMES", "ProgramMethod", "WMaxMode",
-    "CompensationMode", "OutNoiseMode", "Activation",
+    "CompensationMode", "OutNoiseMode", "Activation", "PRESETS", "ReadMode",
 ]

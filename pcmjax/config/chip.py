@@ -17,6 +17,11 @@ from pcmjax.config.temperature import TemperatureConfig
 ProgramMethod = Literal["one_shot", "verify", "gdp"]
 WMaxMode = Literal["tile", "column"]
 CompensationMode = Literal["none", "global", "column"]
+ReadMode = Literal["four_phase", "one_phase"]
+HermesProgramming = Literal["fitted", "verify"]
+# Study-file names of the presets (``[chip] preset = "hermes-four-phase"``).
+PRESETS = {"hermes-four-phase": ("four_phase", "fitted"), "hermes-one-phase": ("one_phase", "fitted"),
+           "hermes-four-phase-verify": ("four_phase", "verify"), "hermes-one-phase-verify": ("one_phase", "verify")}
 PROGRAM_METHODS = get_args(ProgramMethod)
 W_MAX_MODES = get_args(WMaxMode)
 COMPENSATION_MODES = get_args(CompensationMode)
@@ -161,6 +166,51 @@ class ChipConfig:
 
     # ------------------------------------------------------------------------------
     @classmethod
+    def hermes(cls, mode: ReadMode = "four_phase", *, programming: HermesProgramming = "fitted",
+               **overrides) -> "ChipConfig":
+        """The operating point of HERMES's published accuracies (Le Gallo et al., Nat. Electron. 2023).
+
+        Field by field (PHYSICS.md sections in brackets):
+
+        * ``n_cores=64, rows=cols=256``: the chip's 64 cores of 256×256 unit cells (§6);
+        * ``read_phases=4`` for ``mode="four_phase"``, the mode of every published accuracy: the
+          four (±input × ±weight) combinations in separate windows, which cancels the polarity
+          asymmetry of the current paths at four times the latency (§4.2b); ``"one_phase"``
+          gives ``read_phases=1`` with the 1 % path asymmetry of :class:`ChipConfig`;
+        * ``pwm=PWMConfig(bits=8)``: 8-bit (7-bit magnitude and sign) pulse-width inputs of
+          1 ns units (§4.1);
+        * ``adc=ADCConfig(bits=9, max_count=422, ...)``: the CCO ADC counts at most about 422
+          toggles per sign in its 128 ns window (peak ~3.3 GHz, "more than 420 levels"); the
+          4-bit trim leaves a 7 % gain spread that the digital unit removes; full scale is a
+          tenth of the worst-case column charge, as HERMES keeps bit-line currents under
+          ~100 µA (§4.2);
+        * ``programming="fitted"`` (default): ``ProgramConfig(method="one_shot")`` with a
+          HERMES-fitted device model draws from the *measured outcome* of HERMES's
+          program-and-verify (§2, §3: the fitted programming noise was measured on devices
+          programmed that way); ``"verify"`` simulates the loop itself
+          (``ProgramConfig(method="verify", iterations=30)``, §3);
+        * ``drift_compensation="global"``: one ratio per core from a reference read (§5);
+        * ``w_max="tile"``: one weight scale per core, ``G = W · G_max / W_max`` (§6).
+
+        The published networks were trained hardware-aware (:class:`HWAConfig`, the HERMES
+        recipe); that is a property of the weights, not of the chip. Use the device model
+        ``pcmjax.devices.HermesPCM(num_devices=2)`` (or 1 for one device per sign).
+
+        Args:
+          mode: ``"four_phase"`` (published accuracies) or ``"one_phase"``.
+          programming: ``"fitted"`` or ``"verify"`` (see above).
+          **overrides: top-level fields changed afterwards (e.g. ``n_cores=4`` for tests).
+        """
+        check_choice("mode", mode, get_args(ReadMode))
+        check_choice("programming", programming, get_args(HermesProgramming))
+        program = (ProgramConfig(method="verify", iterations=30) if programming == "verify"
+                   else ProgramConfig(method="one_shot"))
+        cfg = cls(n_cores=64, rows=256, cols=256, w_max="tile", program=program, pwm=PWMConfig(bits=8),
+                  adc=ADCConfig(bits=9, max_count=422), read_phases=4 if mode == "four_phase" else 1,
+                  drift_compensation="global")
+        return cfg.replace(**overrides) if overrides else cfg
+
+    @classmethod
     def ideal(cls, **overrides) -> "ChipConfig":
         """Every non-ideality off and no compensation: ``mvm(x) == x @ W``.
 
@@ -204,8 +254,23 @@ class ChipConfig:
         return self.replace(**{head: _replace(sub, {rest: value}, head)})
 
     @classmethod
+    def preset(cls, name: str) -> "ChipConfig":
+        """A named operating point: ``"hermes-four-phase"``, ``"hermes-one-phase"`` (and their
+        ``"-verify"`` variants, see :meth:`hermes`)."""
+        check_choice("preset", name, tuple(PRESETS))
+        mode, programming = PRESETS[name]
+        return cls.hermes(mode, programming=programming)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "ChipConfig":
-        """Build from a (possibly nested) mapping, e.g. parsed TOML; unknown keys are errors."""
+        """Build from a (possibly nested) mapping, e.g. parsed TOML; unknown keys are errors.
+
+        A top-level ``preset`` entry (see :meth:`preset`) is the starting point that the other
+        entries change; without it the start is ``ChipConfig()``.
+        """
+        if isinstance(d, dict) and "preset" in d:
+            d = dict(d)
+            return cls.preset(d.pop("preset")).update(d)
         return cls().update(d)
 
     def update(self, d: dict, prefix: str = "") -> "ChipConfig":

@@ -41,8 +41,11 @@ class ADCConfig:
     Attributes:
       enabled: round to integer counts and saturate at ±N_max (off: a converter with
         gain ``a`` and no rounding or saturation; its residual nonlinearity, if any, stays).
-      bits: magnitude bits; ``N_max = 2^bits − 1`` counts per sign (HERMES: >420 levels
-        in the 128 ns window; default 9 bits = 511).
+      bits: magnitude bits; ``N_max = 2^bits − 1`` counts per sign unless ``max_count``
+        is set (default 9 bits = 511).
+      max_count: the largest count per sign when the conversion window, not the counter,
+        limits it (``None``: ``2^bits − 1``). HERMES's oscillator peaks near 3.3 GHz, so its
+        128 ns window holds about 422 toggles (PHYSICS.md §4.2: "more than 420 levels").
       full_scale: fraction of the largest possible column charge (every row at full
         input on a fully-SET device) that maps to ``N_max`` (HERMES keeps bit-line
         currents under ~100 µA, about a tenth of the worst case).
@@ -58,6 +61,7 @@ class ADCConfig:
 
     enabled: bool = True
     bits: int = 9
+    max_count: int | None = None
     full_scale: float = 0.1
     gain_std: float = 0.07
     offset_std: float = 1.0
@@ -70,6 +74,8 @@ class ADCConfig:
     def __post_init__(self):
         check_bool("adc.enabled", self.enabled)
         check_int("adc.bits", self.bits, 2, 16)
+        if self.max_count is not None:
+            check_int("adc.max_count", self.max_count, 1, 2**self.bits - 1)
         check_float("adc.full_scale", self.full_scale, 0.0, 1.0, lo_open=True)
         for name in ("offset_std", "nonlinearity", "nonlinearity_std", "noise_std", "cal_gain_error",
                      "cal_offset_error"):
@@ -78,8 +84,8 @@ class ADCConfig:
 
     @property
     def n_max(self) -> int:
-        """Largest count per sign."""
-        return 2**self.bits - 1
+        """Largest count per sign: ``max_count`` if set, else ``2^bits − 1``."""
+        return 2**self.bits - 1 if self.max_count is None else self.max_count
 
     def counts_per_unit(self, rows: int) -> float:
         """``a``: counts per unit of normalised column charge."""
