@@ -284,7 +284,8 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     Args:
       model: an ``nnx.Module`` with :class:`AnalogLinear` / :class:`AnalogConv` layers
         (any mode; their ``input_scale`` sets each layer's input range).
-      key: a ``jax.random`` key (programming, ADC mismatch).
+      key: a ``jax.random`` key (programming, ADC mismatch); ``None`` with
+        ``program=False``, since placing a network draws no random numbers.
       config: :class:`pcmjax.ChipConfig` of one chip (default: HERMES).
       n_chips: how many such chips may be used; tiles fill chip 0 first.
       device: device model (default: ``HermesPCM(num_devices=2)``).
@@ -301,9 +302,10 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     """
     config = ChipConfig() if config is None else config
     device = HermesPCM(num_devices=2) if device is None else device
-    check_key(key)
     if not isinstance(program, bool):
         raise TypeError(f"program must be True or False, got {program!r}.")
+    if program or key is not None:
+        check_key(key)
     layout = plan(model, config, n_chips)
     chip_model = inference_view(model)
     ref_model = nnx.clone(chip_model)
