@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test docs lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,13 +14,25 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test,plots,data,progress]"
-	touch $@ $(VENV)/.installed
+	touch $@ $(VENV)/.installed $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e ".[docs,plots,data,progress]"
+	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/pcmjax study
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+
+# The site goes to build/site. Notebooks run once and are kept in build/notebooks/ (`make test`
+# keeps them too); PCMJAX_DOCS_EXECUTE=0 builds without running any (pages without outputs).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check pcmjax tests benchmarks notebooks docs
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_mvm.py

@@ -9,13 +9,19 @@ Time budget: each notebook must run in under ``BUDGET_S`` seconds on a CPU. The 
 own CPU time (user + system, all threads) is checked against the budget as is; the
 wall-clock time is checked against the budget scaled by how oversubscribed the machine
 was (load average / CPU count, at least 1), because the test machines are shared.
+
+Each executed notebook is saved to ``build/notebooks/`` (ignored by git) with the SHA-256 of its
+source in its metadata; the documentation build (``docs/hooks.py``) renders these copies, with their
+figures, instead of running the notebooks again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 
@@ -28,6 +34,8 @@ kernelspec = pytest.importorskip("jupyter_client.kernelspec")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+EXECUTED = ROOT / "build" / "notebooks"
+DIGEST_KEY = "pcmjax_source_sha256"  # the same metadata key as docs/hooks.py
 BUDGET_S = 120.0
 # Notebooks 01-02 have a 2-minute budget; the later tutorials (training, Monte Carlo,
 # fitting, programming) have 3 minutes.
@@ -36,7 +44,10 @@ LONG_BUDGET_S = 180.0
 
 def _budget(path) -> float:
     return BUDGET_S if path.name[:2] in ("01", "02") else LONG_BUDGET_S
+
+
 KERNEL = "pcmjax-tests"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 _CPU_PROBE = """\
 import json as _json, resource as _resource
@@ -47,7 +58,11 @@ print(_json.dumps({"kernel_cpu_s": _r.ru_utime + _r.ru_stime}))
 
 @pytest.fixture(scope="module")
 def kernel_name(tmp_path_factory):
-    """A kernelspec for this interpreter, first on JUPYTER_PATH, with MPLBACKEND=Agg."""
+    """A kernelspec for this interpreter, first on JUPYTER_PATH, with matplotlib's inline backend.
+
+    The inline backend (no display needed) keeps each figure as a PNG output, which the
+    documentation shows.
+    """
     root = tmp_path_factory.mktemp("jupyter")
     spec_dir = root / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
@@ -55,7 +70,7 @@ def kernel_name(tmp_path_factory):
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
         "display_name": "Python 3 (pcmjax tests)",
         "language": "python",
-        "env": {"MPLBACKEND": "Agg"},
+        "env": {"MPLBACKEND": INLINE_BACKEND},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     with pytest.MonkeyPatch.context() as mp:
@@ -64,6 +79,15 @@ def kernel_name(tmp_path_factory):
         found = kernelspec.KernelSpecManager().get_kernel_spec(KERNEL)
         assert found.argv[0] == sys.executable, found.argv
         yield KERNEL
+
+
+def _save_executed(nb, path):
+    """Keep the executed notebook for the documentation build (written atomically)."""
+    nb.metadata[DIGEST_KEY] = hashlib.sha256(path.read_bytes()).hexdigest()
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    tmp = EXECUTED / f".{path.name}.{os.getpid()}.tmp"
+    nbformat.write(nb, tmp)
+    os.replace(tmp, EXECUTED / path.name)
 
 
 def test_notebooks_exist():
@@ -94,7 +118,15 @@ def test_notebook_runs_within_budget(path, kernel_name):
     client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
     wall_s = time.perf_counter() - start
 
-    probe = nb.cells[-1].outputs
+    probe = nb.cells.pop().outputs
+    _save_executed(nb, path)
+    # Every figure shown is kept as a PNG output (the documentation displays them).
+    shows = sum(cell.source.count("plt.show()") for cell in nb.cells if cell.cell_type == "code")
+    pngs = sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+               for out in cell.outputs)
+    assert pngs >= shows, f"{path.name}: {shows} plt.show() calls but {pngs} PNG outputs"
+    if "matplotlib" in "".join(cell.source for cell in nb.cells):
+        assert pngs > 0, f"{path.name} uses matplotlib but shows no figure"
     text = "".join(o.get("text", "") for o in probe if o.get("output_type") == "stream")
     cpu_s = json.loads(text.strip().splitlines()[-1])["kernel_cpu_s"]
     oversubscription = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
@@ -104,3 +136,28 @@ def test_notebook_runs_within_budget(path, kernel_name):
     assert wall_s < budget * oversubscription, (
         f"{path.name} took {wall_s:.1f} s wall-clock, budget {budget:.0f} s × {oversubscription:.2f} (machine load)"
     )
+
+
+@pytest.mark.slow
+def test_documentation_shows_notebook_figures(tmp_path):
+    """The site renders the executed copies saved above, figures included (after the notebooks ran)."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocs_jupyter")
+    fresh = [p for p in NOTEBOOKS if _executed_digest(p) == hashlib.sha256(p.read_bytes()).hexdigest()]
+    if not fresh:
+        pytest.skip("no executed notebook in build/notebooks/ (the notebook runs were deselected)")
+    env = dict(os.environ, PCMJAX_DOCS_EXECUTE="0", NO_MKDOCS_2_WARNING="1")
+    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
+    for path in fresh:
+        nb = nbformat.read(EXECUTED / path.name, as_version=4)
+        pngs = sum("image/png" in out.get("data", {}) for cell in nb.cells if cell.cell_type == "code"
+                   for out in cell.outputs)
+        html = (tmp_path / "notebooks" / f"{path.stem}.html").read_text(encoding="utf-8")
+        assert html.count('src="data:image/png;base64,') == pngs, path.name
+
+
+def _executed_digest(path):
+    copy = EXECUTED / path.name
+    return nbformat.read(copy, as_version=4).metadata.get(DIGEST_KEY) if copy.exists() else None
