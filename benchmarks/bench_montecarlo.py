@@ -41,7 +41,6 @@ import numpy as np
 
 import pcmjax as pj
 from pcmjax import montecarlo as mc
-from pcmjax.montecarlo import network, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +52,7 @@ def _rss_mib() -> float:
 def default_study_end_to_end(tmp: Path) -> dict:
     """Run ``pcmjax study`` in fresh processes: cold and warm compilation cache."""
     t0 = time.perf_counter()
-    _, ckpt = network.default_network(log=None)  # trains once per machine
+    _, ckpt = mc.default_network(log=None)  # trains once per machine
     train_s = time.perf_counter() - t0
     cache = tmp / "cache"
     (cache / "networks").mkdir(parents=True)
@@ -88,7 +87,7 @@ def loop_ratio(study: mc.Study, label: str, **run_kw) -> dict:
     # No conductance histograms: the loop evaluates the metrics only, so must the runner.
     res = mc.run_study(study, None, quiet=True, plots=False, histogram_instances=0, **run_kw)
     ours = res.run_info["compute_s"]
-    one = jax.jit(runner.instance_function(study))
+    one = jax.jit(mc.instance_function(study))
     args = (study.workload.data(), study.device, np.uint32(study.seed), np.asarray(study.times, np.float32))
     jax.block_until_ready(one(*args, np.int32(0)))  # compile
     t0 = time.perf_counter()

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from pcmjax import cli
-
 # The study of tests/test_montecarlo.py (the same program, so a shared compilation cache
 # serves both modules in one session).
 from test_montecarlo import TINY_TOML
+
+from pcmjax import cli
 
 TOML = TINY_TOML.replace('name = "tiny"', 'name = "cli"')
 
@@ -57,7 +57,7 @@ def test_info_bad_option_names_key_and_allowed(capsys):
     err = capsys.readouterr().err
     assert "bitz" in err and "allowed" in err and "'bits'" in err
     assert cli.main(["info", "--chip", "read_phases=3"]) == 2
-    assert "read_phases must be 1 or 4" in capsys.readouterr().err
+    assert "read_phases must be one of (1, 4), got 3" in capsys.readouterr().err
 
 
 def test_study_results_and_refusal(tmp_path, study_file, capsys, xla_cache):
@@ -84,8 +84,9 @@ def test_study_results_and_refusal(tmp_path, study_file, capsys, xla_cache):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (("instances = 64", "instances = -5"), "instances must be a positive integer"),
-    (("kind = \"mvm\"", "kind = \"mvp\""), "kind must be one of ['network', 'mvm']"),
+    (("instances = 64", "instances = -5"), "instances must be an integer >= 1, got -5"),
+    (("kind = \"mvm\"", "kind = \"mvp\""), "kind must be one of ('network', 'mvm'), got 'mvp'"),
+    (("[run]", "[run]\ndevices = 0"), "[run] devices must be an integer >= 1, got 0"),
     (("[chip]", "[chip]\nadc_bits = 3"), "[chip]: unknown key(s) ['adc_bits']; allowed:"),
     (("\"1 h\"", "\"1 hr.\""), "units"),
 ])
@@ -108,6 +109,20 @@ def test_fit_dispatches_to_pcmjax_fit(monkeypatch):
     monkeypatch.setattr(fit, "cli_main", lambda argv: seen.append(argv) or 7, raising=False)
     assert cli.main(["fit", "data.csv", "--family", "hermes"]) == 7
     assert seen == [["data.csv", "--family", "hermes"]]
+
+
+def test_help_imports_no_simulator():
+    """``pcmjax --help`` builds the parser only: no subcommand module, Monte Carlo code,
+    network layers or optimiser library is imported (they take seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom pcmjax import cli\ntry:\n    cli.main(['study', '--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nheavy = [m for m in ('pcmjax.cli._study', 'pcmjax.montecarlo', 'pcmjax.nn', 'optax')"
+            " if m in sys.modules]\nassert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--instances" in proc.stdout and "--distributed" in proc.stdout
 
 
 def test_usage_errors_exit_with_argparse_status():
@@ -144,8 +159,8 @@ def test_info_network_mlp_cores_latency_energy(tmp_path, capsys):
     assert cli.main(["info", "--network", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     layout = pnn.plan(model, pj.ChipConfig())
-    assert [l["tiles"] for l in info["network"]["layers"]] == [lp.n_tiles for lp in layout.layers] == [2, 2]
-    assert [l["mvms"] for l in info["network"]["layers"]] == [1, 1]
+    assert [layer["tiles"] for layer in info["network"]["layers"]] == [lp.n_tiles for lp in layout.layers] == [2, 2]
+    assert [layer["mvms"] for layer in info["network"]["layers"]] == [1, 1]
     c = info["cost"]
     assert c["cores_used"] == layout.n_tiles == 4 and c["chips"] == 1 and c["read_phases"] == 1
     # Dense layers: one MVM each, one after the other; energy: Σ MVMs × tiles × e_core.
@@ -179,8 +194,8 @@ def test_info_network_cnn_mvms_are_output_pixels_and_chips(tmp_path, capsys):
                      "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["network"]["input_shape"] == [8, 8, 1]
-    assert [l["mvms"] for l in info["network"]["layers"]] == mvms
-    assert [l["tiles"] for l in info["network"]["layers"]] == tiles
+    assert [layer["mvms"] for layer in info["network"]["layers"]] == mvms
+    assert [layer["tiles"] for layer in info["network"]["layers"]] == tiles
     c = info["cost"]
     assert c["read_phases"] == 4 and c["mvms_per_inference"] == 85
     assert c["cores_used"] == 15 and c["chips"] == info["network"]["n_chips"] == 4  # 15 cores, 4 per chip
@@ -201,9 +216,9 @@ def test_info_network_cnn_mvms_are_output_pixels_and_chips(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def network_study(tmp_path_factory, xla_cache):
     """A finished study of a tiny MLP in <tmp>/pcmjax-results: (checkpoint, folder, results)."""
+    import pcmjax as pj
     from pcmjax import montecarlo as mc
     from pcmjax import nn as pnn
-    import pcmjax as pj
 
     root = tmp_path_factory.mktemp("netstudy")
     path, _ = _checkpoint(root, MLP)
@@ -231,7 +246,7 @@ def test_info_network_beside_the_accuracy_study(tmp_path, network_study, capsys,
 
     assert cli.main(["info", "--network", str(path), "--results", str(folder)]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.strip().startswith("accuracy"))
+    line = next(line for line in out.splitlines() if line.strip().startswith("accuracy"))
     assert ", ".join(f"{k} {v:.2%}" for k, v in want.items()) in line
     assert format_time(3600.0) not in line  # first and last time only
     assert f"mean over 2 chip instances of the study in {folder}" in out

@@ -17,39 +17,17 @@ calibrated). :func:`run_study` writes per-chunk files so an interrupted run cont
 where it stopped, then ``results.npz``, ``summary.json``/``.csv`` and figures.
 """
 
+from pcmjax.montecarlo._cache import cache_dir
+from pcmjax.montecarlo._chunks import choose_chunk, make_mesh
+from pcmjax.montecarlo._programs import instance_function
+from pcmjax.montecarlo.checkpoints import build_network, default_network, load_network, save_network
 from pcmjax.montecarlo.config import ConfigError, StudyConfig, default_study, load_study_file, study_from_dict
-from pcmjax.montecarlo.network import (
-    NetworkWorkload,
-    build_network,
-    cache_dir,
-    default_network,
-    load_network,
-    save_network,
-)
+from pcmjax.montecarlo.network import NetworkWorkload
 from pcmjax.montecarlo.results import Results, load_results
-from pcmjax.montecarlo.runner import (
-    choose_chunk,
-    enable_compilation_cache,
-    init_distributed,
-    instance_function,
-    make_mesh,
-    run_study,
-)
+from pcmjax.montecarlo.runner import enable_compilation_cache, init_distributed, run_study
 from pcmjax.montecarlo.store import StudyMismatchError
-from pcmjax.montecarlo.study import (
-    DAY,
-    DEFAULT_VARIANTS,
-    HOUR,
-    MINUTE,
-    MONTH,
-    WEEK,
-    YEAR,
-    ResolvedVariant,
-    Study,
-    Variant,
-    format_time,
-    log_times,
-)
+from pcmjax.montecarlo.study import DAY, HOUR, MINUTE, MONTH, WEEK, YEAR, Study, format_time, log_times
+from pcmjax.montecarlo.variant import DEFAULT_VARIANTS, ResolvedVariant, Variant
 from pcmjax.montecarlo.workloads import MVMWorkload, Workload, fit_column_affine, relative_error
 
 __all__ = [

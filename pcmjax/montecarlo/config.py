@@ -54,8 +54,22 @@ import dataclasses
 import re
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:
+        tomllib = None
+
+from pcmjax import devices
+from pcmjax._validate import check_bool, check_choice, check_int
 from pcmjax.config import ChipConfig
+from pcmjax.montecarlo._memory import parse_bytes
+from pcmjax.montecarlo.checkpoints import default_network
+from pcmjax.montecarlo.network import NetworkWorkload
 from pcmjax.montecarlo.study import DAY, HOUR, MINUTE, MONTH, WEEK, YEAR, Study, Variant, log_times
+from pcmjax.montecarlo.workloads import MVMWorkload
 
 DEFAULT_OUTPUT = "pcmjax-results"
 DEFAULT_TIMES = log_times(1.0, YEAR, 6)
@@ -81,6 +95,14 @@ _TIME_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zµ]*)\s
 
 class ConfigError(ValueError):
     """A study file or option is invalid (the message names the key and what is allowed)."""
+
+
+def _checked(check, name, *args):
+    """``check(name, *args)`` of :mod:`pcmjax._validate`, its error as a :class:`ConfigError`."""
+    try:
+        return check(name, *args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from e
 
 
 @dataclasses.dataclass
@@ -138,8 +160,6 @@ def _path(value, base: Path, where: str) -> Path:
 
 def build_device(d: dict, base: Path = Path(".")):
     """A device model from the ``[device]`` table."""
-    from pcmjax import devices
-
     d = dict(d)
     if "file" in d:
         extra = sorted(set(d) - {"file"})
@@ -150,9 +170,10 @@ def build_device(d: dict, base: Path = Path(".")):
         except (OSError, ValueError, TypeError) as e:
             raise ConfigError(f"[device] file: {e}") from e
     model = d.pop("model", "hermes")
-    if model not in DEVICE_MODELS:
-        raise ConfigError(f"[device] model must be one of {sorted(DEVICE_MODELS)} (or give file = \"fit.json\"), "
-                          f"got {model!r}.")
+    try:
+        check_choice("[device] model", model, tuple(sorted(DEVICE_MODELS)))
+    except ValueError as e:
+        raise ConfigError(f"{e} A fitted model is read with file = \"fit.json\" instead.") from e
     cls = getattr(devices, DEVICE_MODELS[model])
     try:
         return cls(**d)
@@ -162,12 +183,8 @@ def build_device(d: dict, base: Path = Path(".")):
 
 def build_workload(d: dict, base: Path = Path(".")):
     """A workload from the ``[workload]`` table."""
-    from pcmjax.montecarlo.workloads import MVMWorkload
-
     d = dict(d)
-    kind = d.get("kind", "network")
-    if kind not in WORKLOAD_KINDS:
-        raise ConfigError(f"[workload] kind must be one of {list(WORKLOAD_KINDS)}, got {kind!r}.")
+    kind = _checked(check_choice, "[workload] kind", d.get("kind", "network"), WORKLOAD_KINDS)
     if kind == "mvm":
         _check_keys(d, MVM_KEYS, "[workload] (kind = \"mvm\")")
         d.pop("kind", None)
@@ -176,17 +193,15 @@ def build_workload(d: dict, base: Path = Path(".")):
         except (TypeError, ValueError) as e:
             raise ConfigError(f"[workload] {e}") from e
     _check_keys(d, NETWORK_KEYS, "[workload] (kind = \"network\")")
-    from pcmjax.montecarlo import network
-
     ckpt = d.get("checkpoint", "default")
     if ckpt == "default":
-        _, path = network.default_network()
+        _, path = default_network()
     else:
         path = _path(ckpt, base, "[workload] checkpoint")
     kwargs = {k: d[k] for k in ("calibration", "calibration_steps", "n_chips") if k in d}
     data_dir = _path(d["data_dir"], base, "[workload] data_dir") if "data_dir" in d else None
     try:
-        return network.NetworkWorkload.from_checkpoint(
+        return NetworkWorkload.from_checkpoint(
             path, d.get("dataset", "digits"), data_dir=data_dir, eval_examples=d.get("eval_examples"),
             calibration_examples=d.get("calibration_examples", 128), **kwargs)
     except (OSError, TypeError, ValueError) as e:
@@ -227,14 +242,11 @@ def study_from_dict(cfg: dict, base: Path = Path("."), overrides: dict | None = 
         if v is not None:
             (run if k in RUN_KEYS else st)[k] = v
     for k in ("chunk_size", "devices", "vmap_width"):
-        v = run.get(k)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ConfigError(f"[run] {k} must be a positive integer, got {v!r}.")
-    if "plots" in run and not isinstance(run["plots"], bool):
-        raise ConfigError(f"[run] plots must be true or false, got {run['plots']!r}.")
+        if run.get(k) is not None:
+            _checked(check_int, f"[run] {k}", run[k], 1)
+    if "plots" in run:
+        _checked(check_bool, "[run] plots", run["plots"])
     if "memory_budget" in run:
-        from pcmjax.montecarlo._memory import parse_bytes
-
         try:
             parse_bytes(run["memory_budget"])
         except (TypeError, ValueError) as e:
@@ -266,13 +278,9 @@ def study_from_dict(cfg: dict, base: Path = Path("."), overrides: dict | None = 
 
 
 def load_toml(path) -> dict:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as e:
-            raise ImportError("reading study files on Python < 3.11 needs tomli: pip install tomli") from e
+    """The parsed TOML file at ``path`` (errors as :class:`ConfigError`)."""
+    if tomllib is None:  # pragma: no cover - Python < 3.11
+        raise ImportError("reading study files on Python < 3.11 needs tomli: pip install tomli")
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"study file {str(path)!r} does not exist.")

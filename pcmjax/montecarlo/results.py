@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcmjax.montecarlo.store import atomic_write_bytes, atomic_write_text
+from pcmjax.montecarlo.store import RunFolder, atomic_write_bytes, atomic_write_text
 from pcmjax.montecarlo.study import format_time
 
 PERCENTILES = (5, 50, 95)
@@ -127,7 +127,7 @@ class Results:
                 "summary_csv": folder / "summary.csv"}
 
     @classmethod
-    def load(cls, path) -> "Results":
+    def load(cls, path) -> Results:
         """Read ``results.npz`` (or the folder holding it)."""
         path = Path(path)
         if path.is_dir():
@@ -155,8 +155,6 @@ def load_results(path, partial: bool = False) -> Results:
     path = Path(path)
     if not partial or (path / "results.npz").exists() or path.suffix == ".npz":
         return Results.load(path)
-    from pcmjax.montecarlo.store import RunFolder
-
     folder = RunFolder(path)
     m = folder.manifest()
     if m is None:

@@ -37,31 +37,28 @@ must be on a filesystem all processes see. Results are the same as on one device
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from pcmjax import plots as study_plots
+from pcmjax._validate import check_bool, check_instance, check_int
 from pcmjax.montecarlo import _memory
+from pcmjax.montecarlo._cache import cache_dir
+from pcmjax.montecarlo._chunks import AXIS, choose_chunk, layout_chunk, make_mesh
 from pcmjax.montecarlo._executor import MeshExecutor
+from pcmjax.montecarlo._programs import HIST_BINS, device_function, histogram_edges, instance_function
+from pcmjax.montecarlo._progress import Progress
 from pcmjax.montecarlo.results import Results
 from pcmjax.montecarlo.store import RunFolder, atomic_write_bytes, atomic_write_text
 from pcmjax.montecarlo.study import Study
 
-AXIS = "instances"
-MAX_WIDTH = 8  # instances vmapped together on one device, at most ...
-GROUP_TARGET_BYTES = 64 << 20  # ... and about this much memory per group: a larger group
-# only adds cache misses (the default network study ran 20 % slower with 8 than with 1)
-GROUPS_PER_CALL = 1  # groups per device in one call of the compiled program
-GROUPS_PER_CHUNK = 4  # default chunk: at least this many groups per device ...
-MAX_CHUNKS = 64  # ... and more when a run would otherwise need more chunks than this,
-MIN_CHUNKS = 4  # ... but split a run into at least this many chunks
-HIST_BINS = 60
 HIST_INSTANCES = 8  # instances pooled in the conductance histograms
 
 
@@ -85,196 +82,178 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
 def enable_compilation_cache(path=None) -> str:
     """Cache compiled programs on disk (``$PCMJAX_CACHE/xla`` by default), so that running
     or resuming the same study again skips most of the compilation. Returns the folder."""
-    from pcmjax.montecarlo.network import cache_dir
-
     folder = str(cache_dir() / "xla" if path is None else path)
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return folder
 
 
-# -- the compiled chunk function ------------------------------------------------------
-def histogram_edges(study: Study) -> np.ndarray:
-    """Conductance-histogram bin edges, µS: ``HIST_BINS`` bins on ``[0, 1.1 g_max]``."""
-    return np.linspace(0.0, 1.1 * float(np.asarray(study.device.g_max)), HIST_BINS + 1)
-
-
-def instance_function(study: Study):
-    """``f(data, device, seed, times, i) → [T, V, M]``: every metric of instance ``i`` at
-    every time for every variant (pure; instance ``i`` uses ``fold_in(key(seed), i)``)."""
-    workload, variants, metrics = study.workload, study.resolved_variants(), study.metrics
-
-    def one(data, device, seed, times, i):
-        key = jax.random.fold_in(jax.random.key(seed), i)
-        values = []
-        for v in variants:
-            out = jax.vmap(lambda t, v=v: workload.evaluate(data, device, key, t, v))(times)
-            missing = [m for m in metrics if m not in out]
-            if missing:
-                raise KeyError(f"workload {workload.kind!r} did not return metric(s) {missing}; it returned "
-                               f"{sorted(out)}.")
-            values.append(jnp.stack([jnp.asarray(out[m], jnp.float32) for m in metrics], axis=-1))
-        return jnp.stack(values, axis=1)
-
-    return one
-
-
-def histogram_function(study: Study):
-    """``f(data, device, seed, times, i) → [V, T, bins]``: instance ``i``'s devices with a
-    non-zero target counted by conductance (bins of :func:`histogram_edges`)."""
-    workload, variants = study.workload, study.resolved_variants()
-    top = float(histogram_edges(study)[-1])
-
-    def hist(data, device, key, t, v):
-        g, mask = workload.conductances(data, device, key, t, v)
-        idx = jnp.clip(jnp.floor(g * (HIST_BINS / top)).astype(jnp.int32), 0, HIST_BINS - 1)
-        w = (mask & (g <= top)).astype(jnp.float32)
-        return jnp.zeros(HIST_BINS, jnp.float32).at[idx].add(w)
-
-    def one(data, device, seed, times, i):
-        key = jax.random.fold_in(jax.random.key(seed), i)
-        return jnp.stack([jax.vmap(lambda t, v=v: hist(data, device, key, t, v))(times) for v in variants])
-
-    return one
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A one-dimensional mesh named ``"instances"`` over ``devices`` (default: all).
-
-    ``devices`` may be a number (the first ``n`` of ``jax.devices()``) or a list.
-    """
-    if devices is None:
-        devs = jax.devices()
-    elif isinstance(devices, int) and not isinstance(devices, bool):
-        all_devs = jax.devices()
-        if not 1 <= devices <= len(all_devs):
-            raise ValueError(f"devices must be between 1 and {len(all_devs)} (the devices JAX sees), got {devices}.")
-        devs = all_devs[:devices]
-    else:
-        devs = list(devices)
-    return Mesh(np.asarray(devs), (AXIS,))
-
-
-def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: int,
-                 chunk_size: int | None = None, n_local_devices: int | None = None,
-                 width: int | None = None) -> tuple[int, int, int]:
-    """``(instances per chunk, batch of one call, vmap width)`` for ``n_todo`` instances.
-
-    The *width* is how many instances one device evaluates at once with ``jax.vmap``:
-    as many as fit in ``GROUP_TARGET_BYTES`` and in the device's share of ``budget``
-    (bytes per process), between 1 and ``MAX_WIDTH``. A call of the compiled program
-    evaluates one group per device, whatever the chunk size, so one compiled program
-    serves every chunk size. A chunk (the unit of progress and of
-    the files written) holds ``chunk_size`` instances; by default ``GROUPS_PER_CHUNK``
-    groups per device, more if the run would need more than ``MAX_CHUNKS`` chunks, fewer
-    if it would have less than ``MIN_CHUNKS``.
-    """
-    n_local = n_devices if n_local_devices is None else n_local_devices
-    if width is None:
-        room = min(budget // max(1, n_local), GROUP_TARGET_BYTES)
-        width = int(max(1, min(MAX_WIDTH, room // max(1, bytes_per_instance))))
-    unit = width * n_devices
-    if chunk_size is not None:
-        per_chunk = int(chunk_size)
-    else:
-        per_chunk = unit * max(GROUPS_PER_CHUNK, math.ceil(n_todo / MAX_CHUNKS / unit))
-        per_chunk = min(per_chunk, max(unit, math.ceil(n_todo / MIN_CHUNKS / unit) * unit))
-    per_chunk = max(1, min(per_chunk, max(1, n_todo)))
-    return per_chunk, GROUPS_PER_CALL * width * n_devices, width
-
-
-def layout_chunk(ids: np.ndarray, batch: int, n_devices: int, width: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Place a chunk's instance ids into calls of ``batch`` ids: groups of ``width`` dealt
-    to the devices in turn, each device's groups first in its block; free slots hold −1.
-
-    Returns:
-      one ``(padded ids [batch], index of each placed chunk instance, its position)``
-      per call, as ``(padded, (chunk_index, position))``.
-    """
-    block = batch // n_devices
-    per_call = block // width  # groups per device and call
-    groups = [np.arange(a, min(a + width, ids.size)) for a in range(0, ids.size, width)]
-    by_device = [groups[k::n_devices] for k in range(n_devices)]
-    calls = []
-    for c in range(max(1, math.ceil(max(len(g) for g in by_device) / per_call))):
-        padded = np.full(batch, -1, np.int64)
-        idx, pos = [], []
-        for k, dev_groups in enumerate(by_device):
-            for j, g in enumerate(dev_groups[c * per_call:(c + 1) * per_call]):
-                p0 = k * block + j * width
-                padded[p0:p0 + g.size] = ids[g]
-                idx.append(g)
-                pos.append(np.arange(p0, p0 + g.size))
-        calls.append((padded, (np.concatenate(idx), np.concatenate(pos))))
-    return calls
-
-
-def device_function(study: Study, width: int, histogram_instances: int = 0):
-    """The per-device program ``f(data, device, seed, times, ids[width]) → {"values", "hist"}``:
-    one group of instances, ``jax.vmap``-ed; ids < 0 are free slots (computed as instance
-    0, then dropped).
-
-    Conductance histograms (binning every device costs about as much as the evaluation
-    itself) are computed only for instances ``< histogram_instances``, in a branch the
-    other groups skip. (A loop over several groups inside the program would save calls,
-    but XLA's CPU backend ran the loop body about 2.4 times slower than the same code
-    outside a loop.)
-    """
-    group = jax.vmap(instance_function(study), in_axes=(None, None, None, None, 0))
-    group_hist = jax.vmap(histogram_function(study), in_axes=(None, None, None, None, 0))
-    n_t, n_v = len(study.times), len(study.variants)
-
-    def per_device(data, device, seed, times, ids):
-        idx = jnp.maximum(ids, 0)
-        want = (ids >= 0) & (ids < histogram_instances)
-        hist = jax.lax.cond(
-            jnp.any(want),
-            lambda: group_hist(data, device, seed, times, idx) * want[:, None, None, None],
-            lambda: jnp.zeros((width, n_v, n_t, HIST_BINS), jnp.float32))
-        return {"values": group(data, device, seed, times, idx), "hist": hist}
-
-    return per_device
-
-
-class _Progress:
-    """tqdm bar with instance rate, evaluation rate and ETA (or a plain line per chunk)."""
-
-    def __init__(self, total, initial, evals_per_instance, desc, quiet):
-        self.quiet, self.evals = quiet, evals_per_instance
-        self.t0, self.n0, self.n = time.perf_counter(), initial, initial
-        self.total = total
-        self.bar = None
-        if not quiet:
-            try:
-                from tqdm.auto import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, unit="inst", desc=desc, file=sys.stderr,
-                                dynamic_ncols=True, smoothing=0.3)
-            except ImportError:  # pragma: no cover - tqdm is optional
-                self.bar = None
-
-    def update(self, n):
-        self.n += n
-        rate = (self.n - self.n0) / max(time.perf_counter() - self.t0, 1e-9)
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{rate * self.evals:.1f} evals/s", refresh=False)
-            self.bar.update(n)
-        elif not self.quiet:
-            eta = (self.total - self.n) / max(rate, 1e-9)
-            print(f"  {self.n}/{self.total} instances, {rate * self.evals:.1f} evals/s, ETA {eta:.0f} s",
-                  file=sys.stderr)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _host(x):
     if jax.process_count() > 1:  # pragma: no cover - needs several processes
-        from jax.experimental import multihost_utils
-
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
+
+
+@dataclasses.dataclass
+class _Run:
+    """A study resolved against its output folder and devices: what is done, what is left."""
+
+    study: Study
+    folder: RunFolder | None
+    writer: bool  # this process writes files (process 0)
+    log: object
+    manifest: dict
+    done: dict  # instance id → (values [T, V, M], histogram [V, T, bins] or None)
+    todo: np.ndarray  # instance ids still to compute
+    mesh: Mesh
+    histogram_instances: int
+    info: dict
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.study.times), len(self.study.variants), len(self.study.metrics)
+
+
+# -- resolve ------------------------------------------------------------------------
+def _resolve(study: Study, output, devices, quiet: bool, histogram_instances: int) -> _Run:
+    """Open (or resume) the output folder and the device mesh; list the instances to compute."""
+    writer = jax.process_index() == 0
+    log = (lambda *a: None) if quiet or not writer else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    folder = RunFolder(output) if output is not None else None
+    shape = (len(study.times), len(study.variants), len(study.metrics))
+    done: dict[int, tuple] = {}
+    manifest: dict = {}
+    if folder is not None:
+        manifest = folder.open(study, write=writer)
+        done = {i: v for i, v in folder.load_done(shape).items() if i < study.instances}
+    todo = np.asarray([i for i in range(study.instances) if i not in done], np.int64)
+    mesh = make_mesh(devices)
+    info = {"devices": mesh.devices.size, "backend": jax.default_backend(), "instances": study.instances,
+            "resumed": len(done), "computed": int(todo.size), "compile_s": 0.0, "compute_s": 0.0}
+    log(study.describe())
+    if folder is not None:
+        log(f"  output:   {folder.path}" + (f" (resuming: {len(done)} of {study.instances} instances done)"
+                                            if done else ""))
+    return _Run(study, folder, writer, log, manifest, done, todo, mesh, histogram_instances, info)
+
+
+# -- run chunks ---------------------------------------------------------------------
+def _compile(run: _Run, chunk_size, budget: int, vmap_width):
+    """Size the chunks from the memory budget and compile the per-device program.
+
+    Returns:
+      ``(run_call, chunk size, batch of one call, vmap width)``.
+    """
+    study, info, log = run.study, run.info, run.log
+    n_dev = run.mesh.devices.size
+    n_local = sum(1 for d in run.mesh.devices.flat if d.process_index == jax.process_index())
+    t0 = time.perf_counter()
+    data = study.workload.data()
+    seed = np.uint32(study.seed)
+    times = np.asarray(study.times, np.float32)
+    per_instance = _memory.estimate_peak_bytes(instance_function(study), data, study.device, seed, times,
+                                               np.int32(0))
+    info["prepare_s"] = time.perf_counter() - t0
+    if vmap_width is None and run.manifest.get("vmap_width"):
+        vmap_width = int(run.manifest["vmap_width"])  # resume bit-identically
+    per_chunk, batch, width = choose_chunk(run.todo.size, n_dev, per_instance, budget, chunk_size, n_local,
+                                           vmap_width)
+    info.update(chunk_size=per_chunk, batch=batch, vmap_width=width, bytes_per_instance_estimate=per_instance,
+                memory_budget=budget)
+    if run.folder is not None and run.writer and run.manifest.get("vmap_width") != width:
+        run.folder.update_manifest(vmap_width=width)
+    log(f"  running:  {run.todo.size} instances in chunks of {per_chunk} ({width} at once on each of {n_dev} "
+        f"{jax.default_backend()} device(s)); ~{_memory.format_bytes(per_instance)} per instance, "
+        f"budget {_memory.format_bytes(budget)}")
+    per_device = device_function(study, width, run.histogram_instances)
+    t0 = time.perf_counter()
+    log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
+    run_call = MeshExecutor(per_device, run.mesh, (data, study.device, seed, times), batch, AXIS,
+                            program_key=(study.hash(), width, run.histogram_instances))
+    info["compile_s"] = time.perf_counter() - t0
+    info["xla_memory_per_device"] = run_call.memory_bytes()
+    log(f"  compiled in {info['compile_s']:.1f} s")
+    return run_call, per_chunk, batch, width
+
+
+def _collect(run: _Run, ids: np.ndarray, calls) -> None:
+    """Fetch one dispatched chunk, write its file and record its instances as done."""
+    values = np.empty((ids.size, *run.shape), np.float32)
+    hist = np.empty((ids.size, len(run.study.variants), len(run.study.times), HIST_BINS), np.float32)
+    for (idx, pos), out in calls:
+        values[idx] = _host(out["values"])[pos]
+        hist[idx] = _host(out["hist"])[pos]
+    keep = ids < run.histogram_instances
+    if run.folder is not None and run.writer:
+        run.folder.write_chunk(ids, values, hist[keep], ids[keep])
+    run.done.update((i, (v, h if i < run.histogram_instances else None))
+                    for i, v, h in zip(ids.tolist(), values, hist))
+
+
+def _run_chunks(run: _Run, chunk_size, budget: int, vmap_width, quiet: bool) -> None:
+    """Compute every missing instance, chunk after chunk, each chunk written when done.
+
+    The next chunk is dispatched before the previous one is fetched, so the devices never
+    wait for the host."""
+    run_call, per_chunk, batch, width = _compile(run, chunk_size, budget, vmap_width)
+    n_dev = run.mesh.devices.size
+    progress = Progress(run.study.instances, len(run.done), run.shape[0] * run.shape[1], run.study.name,
+                        quiet or not run.writer)
+    t0 = time.perf_counter()
+    chunks = [run.todo[a:a + per_chunk] for a in range(0, run.todo.size, per_chunk)]
+    pending = None
+    try:
+        for ids in [*chunks, None]:
+            nxt = None
+            if ids is not None:
+                nxt = (ids, [(where, run_call(padded)) for padded, where in layout_chunk(ids, batch, n_dev, width)])
+            if pending is not None:
+                _collect(run, *pending)
+                progress.update(pending[0].size)
+            pending = nxt
+    finally:
+        progress.close()
+    run.info["compute_s"] = time.perf_counter() - t0
+
+
+# -- assemble -----------------------------------------------------------------------
+def _assemble(run: _Run) -> Results:
+    """Every instance's values, the digital reference and the pooled conductance histograms."""
+    study = run.study
+    values = np.stack([run.done[i][0] for i in range(study.instances)])
+    meta = {"name": study.name, "study_hash": study.hash(), "seed": study.seed, "workload": study.workload.kind}
+    reference = run.manifest.get("reference")  # the digital network's metrics (kept from the first run)
+    if reference is None:
+        reference = {m: v for m, v in study.workload.reference_metrics(study.workload.data()).items()
+                     if m in study.metrics}
+        if run.folder is not None and run.writer:
+            run.folder.update_manifest(reference=reference)
+    if reference:
+        meta["reference"] = reference
+    results = Results(values, study.times, study.variant_names, study.metrics, meta)
+    hists = [run.done[i][1] for i in range(study.instances) if run.done[i][1] is not None]
+    results.histograms = None if not hists else {
+        "edges": histogram_edges(study), "counts": np.sum(hists, axis=0), "instances": len(hists),
+        "times_s": np.asarray(study.times), "variants": study.variant_names,
+        "g_max": float(np.asarray(study.device.g_max))}
+    return results
+
+
+# -- write --------------------------------------------------------------------------
+def _write(run: _Run, results: Results, with_plots: bool) -> None:
+    """``results.npz``, the summaries, ``conductances.npz`` and the figures."""
+    path = run.folder.path
+    results.save(path)
+    if results.histograms is not None:
+        h = results.histograms
+        atomic_write_bytes(path / "conductances.npz", lambda f: np.savez(
+            f, edges_uS=h["edges"], counts=h["counts"], times_s=h["times_s"],
+            variants=np.asarray(h["variants"]), instances=h["instances"], g_max_uS=h["g_max"]))
+    if with_plots:
+        try:
+            run.info["figures"] = [str(p) for p in study_plots.study_figures(results, path / "figures")]
+        except ImportError as e:  # pragma: no cover - matplotlib is optional
+            run.log(f"  no figures: {e}")
 
 
 # -- the run -------------------------------------------------------------------------
@@ -300,130 +279,32 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
       histogram_instances: the conductance histograms pool instances ``0 …`` this − 1.
 
     Returns:
-      the :class:`Results`; ``results.histograms`` holds the conductance histograms and
-      ``results.run_info`` timings and chunking.
+      the :class:`Results` (values ``[instances, times, variants, metrics]``);
+      ``results.histograms`` holds the conductance histograms and ``results.run_info``
+      timings and chunking.
     """
-    if not isinstance(study, Study):
-        raise TypeError(f"study must be a pcmjax.montecarlo.Study, got {type(study).__name__}.")
+    check_instance("study", study, Study)
     for name, v in (("chunk_size", chunk_size), ("vmap_width", vmap_width)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+        if v is not None:
+            check_int(name, v, lo=1)
+    check_int("histogram_instances", histogram_instances, lo=0)
+    check_bool("quiet", quiet)
+    check_bool("plots", plots)
     budget = _memory.default_memory_budget() if memory_budget is None else _memory.parse_bytes(memory_budget)
-    writer = jax.process_index() == 0
-    log = (lambda *a: None) if quiet or not writer else (lambda *a: print(*a, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
-
-    folder = RunFolder(output) if output is not None else None
-    shape = (len(study.times), len(study.variants), len(study.metrics))
-    done: dict[int, tuple] = {}
-    manifest: dict = {}
-    if folder is not None:
-        manifest = folder.open(study, write=writer)
-        done = {i: v for i, v in folder.load_done(shape).items() if i < study.instances}
-    todo = np.asarray([i for i in range(study.instances) if i not in done], np.int64)
-
-    mesh = make_mesh(devices)
-    n_dev = mesh.devices.size
-    n_local = sum(1 for d in mesh.devices.flat if d.process_index == jax.process_index())
-    info = {"devices": n_dev, "backend": jax.default_backend(), "instances": study.instances,
-            "resumed": len(done), "computed": int(todo.size), "compile_s": 0.0, "compute_s": 0.0}
-    log(study.describe())
-    if folder is not None:
-        log(f"  output:   {folder.path}" + (f" (resuming: {len(done)} of {study.instances} instances done)"
-                                            if done else ""))
-
-    if todo.size:
-        t0 = time.perf_counter()
-        data = study.workload.data()
-        seed = np.uint32(study.seed)
-        times = np.asarray(study.times, np.float32)
-        per_instance = _memory.estimate_peak_bytes(instance_function(study), data, study.device, seed, times,
-                                                   np.int32(0))
-        info["prepare_s"] = time.perf_counter() - t0
-        if vmap_width is None and manifest.get("vmap_width"):
-            vmap_width = int(manifest["vmap_width"])  # resume bit-identically
-        per_chunk, batch, width = choose_chunk(todo.size, n_dev, per_instance, budget, chunk_size, n_local,
-                                               vmap_width)
-        info.update(chunk_size=per_chunk, batch=batch, vmap_width=width, bytes_per_instance_estimate=per_instance,
-                    memory_budget=budget)
-        if folder is not None and writer and manifest.get("vmap_width") != width:
-            folder.update_manifest(vmap_width=width)
-        log(f"  running:  {todo.size} instances in chunks of {per_chunk} ({width} at once on each of {n_dev} "
-            f"{jax.default_backend()} device(s)); ~{_memory.format_bytes(per_instance)} per instance, "
-            f"budget {_memory.format_bytes(budget)}")
-        per_device = device_function(study, width, histogram_instances)
-
-        t0 = time.perf_counter()
-        log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
-        run_chunk = MeshExecutor(per_device, mesh, (data, study.device, seed, times), batch, AXIS,
-                                 program_key=(study.hash(), width, histogram_instances))
-        info["compile_s"] = time.perf_counter() - t0
-        info["xla_memory_per_device"] = run_chunk.memory_bytes()
-        log(f"  compiled in {info['compile_s']:.1f} s")
-
-        progress = _Progress(study.instances, len(done), shape[0] * shape[1], study.name, quiet or not writer)
-        t0 = time.perf_counter()
-        chunks = [todo[a:a + per_chunk] for a in range(0, todo.size, per_chunk)]
-        pending = None  # dispatch the next chunk before fetching the previous one
-        try:
-            for ids in [*chunks, None]:
-                nxt = None
-                if ids is not None:
-                    nxt = (ids, [(where, run_chunk(padded)) for padded, where in
-                                 layout_chunk(ids, batch, n_dev, width)])
-                if pending is not None:
-                    p_ids, calls = pending
-                    values = np.empty((p_ids.size, *shape), np.float32)
-                    hist = np.empty((p_ids.size, len(study.variants), len(study.times), HIST_BINS), np.float32)
-                    for (idx, pos), out in calls:
-                        values[idx] = _host(out["values"])[pos]
-                        hist[idx] = _host(out["hist"])[pos]
-                    keep = p_ids < histogram_instances
-                    if folder is not None and writer:
-                        folder.write_chunk(p_ids, values, hist[keep], p_ids[keep])
-                    done.update((i, (v, h if i < histogram_instances else None))
-                                for i, v, h in zip(p_ids.tolist(), values, hist))
-                    progress.update(p_ids.size)
-                pending = nxt
-        finally:
-            progress.close()
-        info["compute_s"] = time.perf_counter() - t0
-
-    values = np.stack([done[i][0] for i in range(study.instances)])
-    meta = {"name": study.name, "study_hash": study.hash(), "seed": study.seed, "workload": study.workload.kind}
-    reference = manifest.get("reference")  # the digital network's metrics (kept from the first run)
-    if reference is None:
-        reference = {m: v for m, v in study.workload.reference_metrics(study.workload.data()).items()
-                     if m in study.metrics}
-        if folder is not None and writer:
-            folder.update_manifest(reference=reference)
-    if reference:
-        meta["reference"] = reference
-    results = Results(values, study.times, study.variant_names, study.metrics, meta)
-    hists = [done[i][1] for i in range(study.instances) if done[i][1] is not None]
-    results.histograms = None if not hists else {
-        "edges": histogram_edges(study), "counts": np.sum(hists, axis=0), "instances": len(hists),
-        "times_s": np.asarray(study.times), "variants": study.variant_names,
-        "g_max": float(np.asarray(study.device.g_max))}
-    if folder is not None and writer:
-        results.save(folder.path)
-        if results.histograms is not None:
-            h = results.histograms
-            atomic_write_bytes(folder.path / "conductances.npz", lambda f: np.savez(
-                f, edges_uS=h["edges"], counts=h["counts"], times_s=h["times_s"],
-                variants=np.asarray(h["variants"]), instances=h["instances"], g_max_uS=h["g_max"]))
-        if plots:
-            try:
-                from pcmjax import plots as _plots
-
-                info["figures"] = [str(p) for p in _plots.study_figures(results, folder.path / "figures")]
-            except ImportError as e:  # pragma: no cover - matplotlib is optional
-                log(f"  no figures: {e}")
+    run = _resolve(study, output, devices, quiet, histogram_instances)
+    if run.todo.size:
+        _run_chunks(run, chunk_size, budget, vmap_width, quiet)
+    results = _assemble(run)
+    writing = run.folder is not None and run.writer
+    if writing:
+        _write(run, results, plots)
+    info = run.info
     info["total_s"] = time.perf_counter() - t_start
-    info["evals_per_s"] = (info["computed"] * shape[0] * shape[1]) / max(info["compute_s"], 1e-9)
-    if folder is not None and writer:
-        atomic_write_text(folder.path / "run.json", json.dumps(info, indent=2, default=str) + "\n")
-        log(f"  wrote {folder.path}: results.npz, summary.json, summary.csv, conductances.npz"
-            + (", figures/" if plots else ""))
+    info["evals_per_s"] = (info["computed"] * run.shape[0] * run.shape[1]) / max(info["compute_s"], 1e-9)
+    if writing:
+        atomic_write_text(run.folder.path / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+        run.log(f"  wrote {run.folder.path}: results.npz, summary.json, summary.csv, conductances.npz"
+                + (", figures/" if plots else ""))
     results.run_info = info
     return results

@@ -17,17 +17,18 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from typing import Any
 
 import numpy as np
 
+from pcmjax._validate import check_instance, check_int
 from pcmjax.config import ChipConfig
 from pcmjax.devices import DeviceModel, HermesPCM
 from pcmjax.devices import to_dict as device_to_dict
+from pcmjax.montecarlo.variant import DEFAULT_VARIANTS, ResolvedVariant, Variant
+from pcmjax.montecarlo.workloads import Workload
 
 SPEC_FORMAT = "pcmjax.study/1"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 # Named times (seconds) for labels and default grids.
 MINUTE, HOUR, DAY = 60.0, 3600.0, 86400.0
@@ -52,99 +53,8 @@ def log_times(start_s: float = 1.0, stop_s: float = YEAR, num: int = 6) -> tuple
     """``num`` log-spaced times from ``start_s`` to ``stop_s`` seconds (both included)."""
     if not (start_s > 0 and stop_s > start_s):
         raise ValueError(f"log-spaced times need 0 < start < stop, got start={start_s!r}, stop={stop_s!r}.")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 2:
-        raise ValueError(f"the number of log-spaced times must be an integer >= 2, got {num!r}.")
+    check_int("the number of log-spaced times", num, lo=2)
     return tuple(float(t) for t in np.geomspace(start_s, stop_s, num))
-
-
-def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.extend(_flatten(v, f"{prefix}{k}."))
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
-
-
-def _nest(items) -> dict:
-    out: dict = {}
-    for path, v in items:
-        node = out
-        *heads, last = path.split(".")
-        for h in heads:
-            node = node.setdefault(h, {})
-        node[last] = v
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """A named variation of the study's chip configuration.
-
-    Attributes:
-      name: label in results, tables and legends (letters, digits, ``_ . + -``).
-      chip: chip-config overrides, a (possibly nested) mapping such as
-        ``{"drift_compensation": "none", "adc": {"bits": 8}}``; stored as sorted
-        ``(dotted path, value)`` pairs so the variant is hashable.
-      calibrate: fit a per-column affine correction (``γ y + β``) on calibration inputs at
-        each time after ageing, on top of the overrides (the "calibrated" case).
-    """
-
-    name: str
-    chip: Any = ()
-    calibrate: bool = False
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ValueError(f"variant name must be a non-empty string of letters, digits and '_.+-', "
-                             f"got {self.name!r}.")
-        chip = self.chip
-        if isinstance(chip, dict):
-            chip = _flatten(chip)
-        try:
-            chip = tuple(sorted((str(p), v) for p, v in chip))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"variant {self.name!r}: chip overrides must be a mapping of option -> value, "
-                            f"got {self.chip!r}.") from e
-        for path, v in chip:
-            if isinstance(v, (list, tuple, dict, set)):
-                raise TypeError(f"variant {self.name!r}: chip option {path!r} must be a scalar, got {v!r}.")
-        object.__setattr__(self, "chip", chip)
-        if not isinstance(self.calibrate, bool):
-            raise TypeError(f"variant {self.name!r}: calibrate must be true or false, got {self.calibrate!r}.")
-
-    def overrides(self) -> dict:
-        """The chip overrides as a nested mapping."""
-        return _nest(self.chip)
-
-    def resolve(self, base: ChipConfig) -> "ResolvedVariant":
-        """This variant applied to ``base`` (errors name the variant and the option)."""
-        try:
-            cfg = base.update(self.overrides())
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"variant {self.name!r}: {e}") from e
-        return ResolvedVariant(self.name, cfg, self.calibrate)
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "chip": self.overrides(), "calibrate": self.calibrate}
-
-
-@dataclasses.dataclass(frozen=True)
-class ResolvedVariant:
-    """What a workload's ``evaluate`` receives (static under ``jit``): a name, the full
-    :class:`pcmjax.ChipConfig` of the variant and whether to calibrate."""
-
-    name: str
-    config: ChipConfig
-    calibrate: bool = False
-
-
-DEFAULT_VARIANTS = (
-    Variant("none", {"drift_compensation": "none"}),
-    Variant("gdc", {"drift_compensation": "global"}),
-    Variant("calibrated", {"drift_compensation": "global"}, calibrate=True),
-)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -175,28 +85,18 @@ class Study:
     name: str = "study"
 
     def __post_init__(self):
-        from pcmjax.montecarlo.workloads import Workload
-
-        if not isinstance(self.workload, Workload):
-            raise TypeError(f"workload must be a pcmjax.montecarlo.Workload, got {type(self.workload).__name__}.")
+        check_instance("workload", self.workload, Workload)
         times = np.asarray(self.times, dtype=np.float64).reshape(-1)
         if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times < 0):
             raise ValueError(f"times must be a non-empty list of finite seconds >= 0, got {list(self.times)!r}.")
         if np.any(np.diff(times) <= 0):
             raise ValueError(f"times must be strictly ascending, got {list(self.times)!r}.")
         object.__setattr__(self, "times", tuple(float(t) for t in times))
-        if isinstance(self.instances, bool) or not isinstance(self.instances, (int, np.integer)) or self.instances < 1:
-            raise ValueError(f"instances must be a positive integer, got {self.instances!r}.")
-        object.__setattr__(self, "instances", int(self.instances))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
-        object.__setattr__(self, "seed", int(self.seed))
-        if not isinstance(self.chip, ChipConfig):
-            raise TypeError(f"chip must be a pcmjax.ChipConfig, got {type(self.chip).__name__}.")
+        object.__setattr__(self, "instances", check_int("instances", self.instances, lo=1))
+        object.__setattr__(self, "seed", check_int("seed", self.seed, 0, 2**32 - 1))
+        check_instance("chip", self.chip, ChipConfig)
         device = HermesPCM(num_devices=2) if self.device is None else self.device
-        if not isinstance(device, DeviceModel):
-            raise TypeError(f"device must be a pcmjax device model, got {type(device).__name__}.")
-        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "device", check_instance("device", device, DeviceModel))
         variants = tuple(self.variants)
         if not variants or not all(isinstance(v, Variant) for v in variants):
             raise TypeError("variants must be a non-empty sequence of pcmjax.montecarlo.Variant.")
@@ -221,7 +121,7 @@ class Study:
     def resolved_variants(self) -> tuple[ResolvedVariant, ...]:
         return tuple(v.resolve(self.chip) for v in self.variants)
 
-    def replace(self, **changes) -> "Study":
+    def replace(self, **changes) -> Study:
         return dataclasses.replace(self, **changes)
 
     @property
@@ -298,3 +198,7 @@ def spec_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
                 out.extend(spec_differences(old[k], new[k], f"{prefix}{k}."))
         return out
     return [] if old == new else [prefix.rstrip(".") or "<spec>"]
+
+
+__all__ = ["Study", "Variant", "ResolvedVariant", "DEFAULT_VARIANTS", "log_times", "format_time", "spec_hash",
+           "spec_differences", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR"]

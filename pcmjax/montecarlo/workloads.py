@@ -21,10 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcmjax.config import ChipConfig
+from pcmjax._validate import check_choice, check_int
 from pcmjax.chip.mvm import mvm
 from pcmjax.chip.state import program_chip
-from pcmjax.montecarlo.study import ResolvedVariant
+from pcmjax.config import ChipConfig
+from pcmjax.montecarlo.variant import ResolvedVariant
 
 # Floor of denominators in relative errors and variances (outputs are O(1) weight units).
 _EPS = 1e-12
@@ -48,13 +49,13 @@ class Workload(abc.ABC):
         """A pytree of arrays passed (replicated) to every evaluation."""
 
     @abc.abstractmethod
-    def evaluate(self, data, device, key, t, variant: ResolvedVariant) -> dict:
+    def evaluate(self, key, data, device, t, variant: ResolvedVariant) -> dict:
         """Metrics of one chip instance ``t`` seconds after programming.
 
         Args:
+          key: the instance's ``jax.random`` key (programming, ageing, reads).
           data: the pytree of :meth:`data`.
           device: the device model (a pytree).
-          key: the instance's ``jax.random`` key (programming, ageing, reads).
           t: seconds since programming, a scalar (traced).
           variant: :class:`ResolvedVariant` (static: chip config, calibrate flag).
 
@@ -63,7 +64,7 @@ class Workload(abc.ABC):
         """
 
     @abc.abstractmethod
-    def conductances(self, data, device, key, t, variant: ResolvedVariant):
+    def conductances(self, key, data, device, t, variant: ResolvedVariant):
         """``(g, mask)``: every device's conductance (µS, flat) at ``t`` and a mask of the
         devices with a non-zero target, for the same instance ``evaluate`` sees."""
 
@@ -74,7 +75,7 @@ class Workload(abc.ABC):
     def describe(self) -> str:
         return self.kind
 
-    def check_config(self, cfg: ChipConfig) -> None:
+    def check_config(self, cfg: ChipConfig) -> None:  # noqa: B027 - optional: most workloads run on any chip
         """Raise ``ValueError`` if the workload cannot run on ``cfg``."""
 
     def reference_metrics(self, data) -> dict:
@@ -109,7 +110,7 @@ def fit_column_affine(y, ref, axis=-2):
     return gamma, mr - gamma * my
 
 
-def state_conductances(state, key_age, t):
+def state_conductances(key_age, state, t):
     """Flat conductances of a programmed state at ``t`` and the mask of programmed devices.
 
     The devices' own conductances at the configured temperature (``ChipState.conductances``;
@@ -151,21 +152,14 @@ class MVMWorkload(Workload):
     def __init__(self, cores: int = 4, rows: int | None = None, cols: int | None = None, batch: int = 64,
                  calibration_batch: int = 64, weights: str = "gaussian", inputs: str = "uniform",
                  data_seed: int = 0):
-        for name, v, lo in (("cores", cores, 1), ("batch", batch, 1), ("calibration_batch", calibration_batch, 2),
-                            ("data_seed", data_seed, 0)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-                raise ValueError(f"mvm workload: {name} must be an integer >= {lo}, got {v!r}.")
-        for name, v in (("rows", rows), ("cols", cols)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-                raise ValueError(f"mvm workload: {name} must be a positive integer, got {v!r}.")
-        if weights not in WEIGHT_KINDS:
-            raise ValueError(f"mvm workload: weights must be one of {list(WEIGHT_KINDS)}, got {weights!r}.")
-        if inputs not in INPUT_KINDS:
-            raise ValueError(f"mvm workload: inputs must be one of {list(INPUT_KINDS)}, got {inputs!r}.")
-        self.cores, self.batch, self.calibration_batch = int(cores), int(batch), int(calibration_batch)
-        self.rows = None if rows is None else int(rows)
-        self.cols = None if cols is None else int(cols)
-        self.weights_kind, self.inputs_kind, self.data_seed = weights, inputs, int(data_seed)
+        self.cores = check_int("mvm workload: cores", cores, lo=1)
+        self.batch = check_int("mvm workload: batch", batch, lo=1)
+        self.calibration_batch = check_int("mvm workload: calibration_batch", calibration_batch, lo=2)
+        self.data_seed = check_int("mvm workload: data_seed", data_seed, lo=0)
+        self.rows = None if rows is None else check_int("mvm workload: rows", rows, lo=1)
+        self.cols = None if cols is None else check_int("mvm workload: cols", cols, lo=1)
+        self.weights_kind = check_choice("mvm workload: weights", weights, WEIGHT_KINDS)
+        self.inputs_kind = check_choice("mvm workload: inputs", inputs, INPUT_KINDS)
         self._data = None
         self._shape = None
 
@@ -210,13 +204,13 @@ class MVMWorkload(Workload):
             return jax.random.uniform(key, shape)
         return jnp.clip(jax.random.normal(key, shape) / 3.0, -1.0, 1.0)
 
-    def _aged(self, data, device, key, t, cfg):
+    def _programmed(self, key, data, device, cfg):
         k_prog, k_age, k_read, k_cal = jax.random.split(key, 4)
         state = program_chip(k_prog, data["w"], cfg, device)
         return state, k_age, k_read, k_cal
 
-    def evaluate(self, data, device, key, t, variant):
-        state, k_age, k_read, k_cal = self._aged(data, device, key, t, variant.config)
+    def evaluate(self, key, data, device, t, variant):
+        state, k_age, k_read, k_cal = self._programmed(key, data, device, variant.config)
         st = state.at_time(k_age, t)
         w, x = data["w"], data["x"]
         exact = jnp.einsum("cbr,crk->cbk", x, w)
@@ -229,9 +223,9 @@ class MVMWorkload(Workload):
         per_core = jax.vmap(relative_error)(y, exact)
         return {"mvm_error": relative_error(y, exact), "mvm_error_worst_core": jnp.max(per_core)}
 
-    def conductances(self, data, device, key, t, variant):
-        state, k_age, _, _ = self._aged(data, device, key, t, variant.config)
-        return state_conductances(state, k_age, t)
+    def conductances(self, key, data, device, t, variant):
+        state, k_age, _, _ = self._programmed(key, data, device, variant.config)
+        return state_conductances(k_age, state, t)
 
     def spec(self):
         rows, cols = self._tile()
