@@ -29,6 +29,8 @@ import numpy as np
 from pcmjax.devices import DeviceModel
 from pcmjax.fit import _params
 from pcmjax.fit._data import Measurements, load_measurements
+from pcmjax.fit._derived import mean_drift
+from pcmjax.fit._diagnostics import binned_estimates
 from pcmjax.fit._optimize import fit_entries
 from pcmjax.fit._reduce import make_bins, reduce_devices, select_devices
 
@@ -44,8 +46,9 @@ class FitResult:
       model: the fitted :class:`pcmjax.devices.DeviceModel` (``program_chip`` accepts it).
       family: family name.
       names: names of the estimated parameters (``"prog_coeffs[1]"``, ...).
-      values, stderr: ``[P]`` estimates and standard errors.
-      cov: ``[P, P]`` covariance.
+      values, stderr: ``[P]`` estimates and standard errors; ``inf`` marks a parameter the
+        data do not identify (the likelihood is flat along it).
+      cov: ``[P, P]`` covariance (NaN in the rows and columns of unidentified parameters).
       stages: ``[P]`` stage of each parameter (``"noise"``, ``"drift"``, ``"prog"``).
       fixed: ``{name: value}`` law entries held fixed (not informed by the data, or the
         HERMES thresholds), with the reason in ``notes``.
@@ -76,7 +79,8 @@ class FitResult:
     data: Measurements = dataclasses.field(repr=False, default=None)
 
     def params(self) -> dict:
-        """``{name: (value, stderr)}`` of the estimated parameters."""
+        """``{name: (value, stderr)}`` of the estimated parameters (stderr ``inf``: not
+        identified by the data)."""
         return {n: (float(v), float(s)) for n, v, s in zip(self.names, self.values, self.stderr)}
 
     def summary(self) -> str:
@@ -84,7 +88,8 @@ class FitResult:
         lines = [f"{self.family} device model fitted to {self.stats['n_devices']} devices "
                  f"({self.stats['n_reads']} reads)", f"{'parameter':<22}{'stage':<8}{'value':>14}{'std. error':>14}"]
         for n, st, v, s in zip(self.names, self.stages, self.values, self.stderr):
-            lines.append(f"{n:<22}{st:<8}{v:>14.6g}{s:>14.3g}")
+            err = f"{s:>14.3g}" if np.isfinite(s) else f"{'not identified':>16}"
+            lines.append(f"{n:<22}{st:<8}{v:>14.6g}{err}")
         for n, v in self.fixed.items():
             lines.append(f"{n:<22}{'fixed':<8}{v:>14.6g}{'-':>14}")
         s = self.stats
@@ -94,18 +99,23 @@ class FitResult:
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def mean_drift(self, g_target):
+        """Mean drift exponent ``E|μ_ν + σ_ν ξ|`` at ``g_target`` ``[L]`` (µS) with its
+        delta-method standard error: ``(value [L], stderr [L])``, ``inf`` where a parameter
+        the data do not identify moves it."""
+        return mean_drift(self, g_target)
+
     def binned(self) -> dict:
         """Per-bin estimates of σ_prog, μ_ν, σ_ν and Q_s from the data (for figures);
         see :func:`pcmjax.fit._diagnostics.binned_estimates`."""
-        from pcmjax.fit._diagnostics import binned_estimates
-
         return binned_estimates(self)
 
 
 def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = None, q_s_from: str = "programmed",
                      g_max: float | None = None, t0: float | None = None, t_read: float | None = None,
                      basis: str = "poly", degree: int = 3, init: DeviceModel | None = None,
-                     max_rel_noise: float = 0.3, se: str = "sandwich", max_iter: int = 300) -> FitResult:
+                     max_rel_noise: float = 0.3, se: str = "sandwich", max_iter: int = 300,
+                     starts: int = 2) -> FitResult:
     """Fit a device model to conductance measurements by maximum likelihood.
 
     Args:
@@ -120,7 +130,12 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
       basis, degree: the flexible family's laws (``"poly"`` or ``"spline"``; the spline
         has ``degree + 1`` coefficients and needs ``degree >= 3``).
       init: a model of the family to start from (and to take g_max, t0, t_read and held
-        entries from).
+        entries from); its values are the first start, the moment estimates the second.
+      starts: starting points per likelihood stage (≥ 1): the per-level moment
+        estimates, then ``init`` or the family's published values, then the best optimum
+        displaced by a few standard errors along deterministic directions; the lowest
+        NLL wins. The default 2 reaches the optimum on the families' usual surfaces;
+        more guard against rarer local optima at proportionally more time.
       max_rel_noise: target bins whose typical device has a larger relative read noise
         ``Q_s n(t)`` at the last read are left out (the log-domain summaries assume it
         small; the moments used are exact, the Gaussian shapes of ``â`` and ``ν̂``
@@ -168,7 +183,7 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
     if not np.any(sub.dof > 0):
         raise ValueError("no device has three or more reads: the read noise (Q_s) cannot be fitted.")
     entries = _params.entries_for(model0)
-    res = fit_entries(model0, entries, sub, se, max_iter)
+    res = fit_entries(model0, entries, sub, se, max_iter, starts=starts, init_first=init is not None)
     fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, newton_decrement, fixed_notes, table = res
     notes += fixed_notes
     p = len(names)

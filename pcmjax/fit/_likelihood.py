@@ -39,7 +39,7 @@ _LOG_2PI = float(np.log(2 * np.pi))
 _TINY = 1e-30
 _GH5_X, _GH5_W = np.polynomial.hermite_e.hermegauss(5)
 _GH5_W = _GH5_W / _GH5_W.sum()  # expectation over a standard normal
-PAD = 2048  # devices are padded to a multiple of this, so compiled code is reused across fits
+PAD = 256  # devices are padded to a power of two ≥ this, so compiled code is reused across fits
 
 
 def _s_coeffs():
@@ -245,10 +245,11 @@ def programming_nodes(g_target, sigma, width=None):
 
 
 def device_arrays(stats) -> dict:
-    """Per-device summaries and noise polynomials as float64 arrays, padded to a multiple
-    of ``PAD`` devices (padding devices are neither usable nor zero: they add 0)."""
+    """Per-device summaries and noise polynomials as float64 arrays, padded to the next
+    power of two of at least ``PAD`` devices (padding devices are neither usable nor zero:
+    they add 0; fits of similar size share compiled code)."""
     D = stats.n_devices
-    Dp = -(-D // PAD) * PAD
+    Dp = max(PAD, 1 << max(D - 1, 0).bit_length())
     cols = {k: np.asarray(getattr(stats, k), np.float64) for k in
             ("g_target", "all_zero", "usable", "a_hat", "nu_hat", "rss", "dof")}
     cols.update(noise_design(stats))

@@ -1,39 +1,56 @@
-"""Stage-wise optimisation of a device-model likelihood and the covariance of its estimates.
+"""Stage-wise optimisation of a device-model likelihood from several starting points.
 
-Each stage (noise, drift, prog; :mod:`._likelihood`) is a compiled function of its flat
-parameter vector returning the NLL, its gradient and the per-device NLLs. Around them:
-step sizes a fraction of a standard error wide, finite-difference Hessians and per-device
-scores, optax L-BFGS in coordinates whitened by the starting Hessian, Newton polishing,
-and the sandwich covariance of the stacked estimating equations.
+Each stage (noise, drift, prog; :mod:`._likelihood`) is minimised in turn with optax
+L-BFGS in coordinates whitened by the starting Hessian and polished with a Newton step.
+Every stage is started from several points and the lowest NLL wins:
+
+1. the law fitted to per-level moment estimates (:mod:`._moments`; first unless a
+   starting model is given);
+2. the starting model (``init``) or the family's published values;
+3. further starts: the best optimum so far displaced by a few standard errors along
+   deterministic quasi-random directions (Halton points mapped to normal quantiles:
+   reproducible without a random key).
+
+The clipped laws make the likelihood flat in any entry whose piece no device reaches, so
+a single start from the published values can stop far from the optimum; the moment
+start puts every piece where the data are, and the other starts guard against the rest.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import types
+from statistics import NormalDist
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from pcmjax.fit import _likelihood as LK
 from pcmjax.fit import _params
-from pcmjax.fit._compile import FastJit
+from pcmjax.fit._covariance import assemble
+from pcmjax.fit._diagnostics import binned_estimates
+from pcmjax.fit._evaluate import Evaluator
 from pcmjax.fit._likelihood import device_arrays
+from pcmjax.fit._moments import noise_bins, stage_start
+from pcmjax.fit._reduce import make_bins
 
 
-def fit_entries(model0, entries, sub, se, max_iter):
-    """Optimise the given entries stage by stage; returns the pieces of a FitResult."""
+def fit_entries(model0, entries, sub, se, max_iter, starts: int = 2, init_first: bool = False):
+    """Optimise the given entries stage by stage; returns the pieces of a FitResult.
+
+    Args:
+      starts: starting points per stage (≥ 1; see the module docstring).
+      init_first: the starting model (not the moment estimate) is the first start.
+    """
     with jax.enable_x64(True):
-        base = _params.as_float64(model0)
         d = device_arrays(sub)
         theta = np.array(_params.values_of(model0, entries))
-        st_idx = {s: np.array([i for i, e in enumerate(entries) if e.stage == s]) for s in _params.STAGES}
+        st_idx = {s: np.array([i for i, e in enumerate(entries) if e.stage == s], int) for s in _params.STAGES}
         ents = {s: tuple(entries[i] for i in st_idx[s]) for s in _params.STAGES}
-        ev = _Evaluator(base, d, ents)
+        ev = Evaluator(_params.as_float64(model0), d, ents)
         ev.n_devices = sub.n_devices
         free = np.zeros(len(entries), bool)
-        results, prev = {}, {}
+        results, prev, flat = {}, {}, set()
         # (constant Q_s laws need no averaging over the programming distribution)
         two_passes = (model0.q_s_from == "programmed" and st_idx["prog"].size > 0
                       and model0.family != "state_independent")
@@ -43,24 +60,23 @@ def fit_entries(model0, entries, sub, se, max_iter):
             if pass_ == 1:
                 # Second pass: the programming distribution over which Q_s² is averaged now
                 # comes from the fitted σ_prog instead of the per-bin pilot.
-                fitted_prog = _params.with_values(base, entries, theta)
+                fitted_prog = _params.with_values(ev.base, entries, theta)
                 sig = float(fitted_prog.prog_scale) * np.asarray(fitted_prog.prog_sigma(sub.g_target))
                 ev.d = d = dict(d, g_nodes=LK.programming_nodes(sub.g_target, sig, d["g_nodes"].shape[1]))
             for s in _params.STAGES:
                 idx = st_idx[s]
                 if idx.size == 0:
                     continue
-                th = theta[idx]
-                if s in prev:  # second pass: start from the first pass's steps and Hessian
+                if s in prev:  # second pass: start from the first pass's optimum, steps and Hessian
                     steps, ok, H0 = prev[s]
+                    th = _minimise(ev, s, theta[idx], ok, H0, max_iter)
                 else:
-                    steps, curv = ev.step_sizes(s, th)
-                    # Entries along which the NLL does not change carry no information: hold them.
-                    ok = curv != 0
-                    H0 = ev.finite_differences(s, th, steps)["H"]
+                    cands = _candidates(ev, s, theta, st_idx, sub, init_first)
+                    th, steps, ok, H0 = _multistart(ev, s, cands, starts, max_iter)
                     prev[s] = (steps, ok, H0)
-                th = _minimise(ev, s, th, ok, H0, max_iter)
                 if last:
+                    th, ok, bent = _drop_unneeded_bounds(ev, s, th, ok, H0, model0.family, theta[idx], max_iter)
+                    flat |= set(idx[bent].tolist())
                     # Step sizes again at the optimum: the curvature there sets the standard errors.
                     steps = np.where(ok, ev.step_sizes(s, th)[0], steps)
                     fd = ev.finite_differences(s, th, steps)
@@ -76,105 +92,122 @@ def fit_entries(model0, entries, sub, se, max_iter):
         stage_nll = [float(ev.value(s, theta[st_idx[s]])) for s in _params.STAGES]
         table = ev.device_table(theta[st_idx["noise"]])
     half_dof = 0.5 * np.asarray(d["dof"]) * (np.asarray(d["usable"]) > 0)
-    return _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof) + (table,)
+    return assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof,
+                    sorted(flat)) + (table,)
 
 
-def _assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof):
-    """Covariance of the stacked estimating equations.
+def _drop_unneeded_bounds(ev, s, th, ok, H, family, given, max_iter):
+    """Take out of play the free clip bounds the data do not need.
 
-    The bread uses expected curvatures, which the kinks of clipped laws do not disturb
-    (a finite-difference Hessian picks up the jumps of the score where a device's law
-    meets a clip bound, and with them noise of tens of percent): for the noise stage's
-    gamma quasi-likelihood ``Σ_i k_i ∇ln E_i ∇ln E_iᵀ``; for the drift and programming
-    likelihoods the outer product of the per-device scores (their Fisher information);
-    the cross-stage blocks are finite differences of the drift and programming scores in
-    the noise parameters. ``se="hessian"`` uses the finite-difference Hessians per stage.
+    A bound is needed if taking it out of play and refitting the other entries (the
+    profile likelihood) raises the stage NLL by at least ``BOUND_DNLL``; otherwise the
+    refitted point is kept (the law is not clipped within the data) and the bound is held
+    at its given starting value, or further out if that would still clip the data: the
+    data give only a one-sided limit on it. If the law bending within the data (the bound
+    clipping all but the outermost level on its side) fits as well, the data cannot tell
+    a straight law from a bent one: the law's slope and intercept are not identified.
+
+    Returns:
+      ``(theta, ok, bent)``: the held bounds are no longer free; ``bent`` are the stage
+      positions of the slopes and intercepts not identified.
     """
-    P = len(entries)
-    A = np.zeros((P, P))
-    H = np.zeros((P, P))
-    scores = None
-    grad = np.zeros(P)
-    for s, idx in st_idx.items():
-        if idx.size == 0:
+    bounds = _params.CLIP_BOUNDS.get(family, {})
+    th, ok, bent = th.copy(), ok.copy(), []
+    for k, e in enumerate(ev.ents[s]):
+        far = bounds.get((e.field, e.index))
+        if far is None or not ok[k]:
             continue
-        r = results[s]
-        H[np.ix_(idx, idx)] = r["H"]
-        if s == "noise":
-            gl = r["dlogE"][: half_dof.shape[0]]
-            A[np.ix_(idx, idx)] = (gl * half_dof[:, None]).T @ gl
-        else:
-            A[np.ix_(idx, idx)] = r["scores"].T @ r["scores"]
-        grad[idx] = r["g"]
-        sc = np.zeros((r["scores"].shape[0], P))
-        sc[:, idx] = r["scores"]
-        scores = sc if scores is None else scores + sc
-        if s != "noise" and st_idx["noise"].size:
-            A[np.ix_(idx, st_idx["noise"])] = cross[s]
-    if se == "hessian":
-        A = H
-    idx = np.nonzero(free)[0]
-    Af = A[np.ix_(idx, idx)]
-    if se == "hessian":
-        covf = np.zeros_like(Af)
-        stage_of = np.array([e.stage for e in entries])[idx]
-        for s in _params.STAGES:
-            blk = np.nonzero(stage_of == s)[0]
-            if blk.size:
-                covf[np.ix_(blk, blk)] = _safe_inv(Af[np.ix_(blk, blk)])
+        f0 = ev.value(s, th)
+        cand, rest = th.copy(), ok.copy()
+        cand[k], rest[k] = far, False
+        cand = _minimise(ev, s, cand, rest, H, max_iter)
+        f_far = ev.value(s, cand)
+        if f_far - f0 >= _params.BOUND_DNLL:
+            continue
+        near = cand.copy()
+        near[k] = given[k]
+        if abs(ev.value(s, near) - f_far) <= 1e-9 * max(1.0, abs(f_far)):
+            cand = near
+        th, ok = cand, rest
+        alt = cand.copy()
+        alt[k] = _bend_value(ev, s, cand, e, far)
+        alt = _minimise(ev, s, alt, rest, H, max_iter)
+        if ev.value(s, alt) - f_far < _params.BOUND_DNLL:
+            bent += [j for j, o in enumerate(ev.ents[s]) if o.field == e.field and o.index in (0, 1) and ok[j]]
+    return th, ok, np.asarray(sorted(set(bent)), int)
+
+
+def _bend_value(ev, s, th, entry, far):
+    """The bound value that clips all but the outermost level on its side."""
+    m = _params.with_values(ev.base, ev.ents[s], th)
+    use = (np.asarray(ev.d["usable"]) > 0)
+    levels = make_bins(np.asarray(ev.d["g_target"])[use])[1]
+    if entry.field == "q_s_law":
+        law = np.asarray(m.q_s(levels)) * np.sqrt(m.num_devices)
     else:
-        Ainv = _safe_inv(Af)
-        B = scores[:, idx].T @ scores[:, idx]
-        covf = Ainv @ B @ Ainv.T
-    stderr = np.sqrt(np.maximum(np.diag(covf), 0.0))
-    # Convergence: the Newton decrement sqrt(gᵀ A⁻¹ g) per stage, with the smoothed
-    # gradient before the final Newton step (the distance to the optimum in standard errors).
-    decrement = 0.0
-    for s_ in _params.STAGES:
-        blk = [j for j in idx if entries[j].stage == s_]
-        if blk:
-            g_b = grad[blk]
-            decrement += float(g_b @ _safe_inv(0.5 * (A[np.ix_(blk, blk)] + A[np.ix_(blk, blk)].T)) @ g_b)
-    newton_decrement = float(np.sqrt(max(decrement, 0.0)))
-    fitted = _params.finalize(_params.with_values(model0, entries, theta))
-    names = [entries[i].name for i in idx]
-    fixed = {entries[i].name: float(theta[i]) for i in np.nonzero(~free)[0]}
-    notes = []
-    if fixed:
-        notes.append("held at their starting values (no device informs them): " + ", ".join(fixed))
-    weak = _weak_directions(A, idx, [entries[i].stage for i in idx])
-    if weak:
-        notes.append("not separately identified by these data (only a combination is; more distinct target "
-                     "levels would help): " + ", ".join(entries[idx[j]].name for j in weak))
-    if model0.family == "hermes":
-        notes.append("HERMES clip bounds and thresholds (indices 2-4 of mu_nu, sigma_nu, q_s_law) held at their "
-                     "starting values")
-    return (fitted, names, theta[idx], stderr, covf, [entries[i].stage for i in idx], fixed, stage_nll,
-            newton_decrement, notes)
+        law = np.asarray(m.nu_moments(levels)[0 if entry.field == "mu_nu" else 1])
+    law = np.sort(law)
+    if law.size < 2:
+        return far
+    return law[-2] if far > 0 else law[1]
 
 
-def _weak_directions(A, idx, stages, tol: float = 1e-9):
-    """Positions (in ``idx``) of parameters loading on near-null directions of a stage's
-    information matrix (scaled to unit diagonal)."""
-    out = []
-    for s in _params.STAGES:
-        blk = [j for j, st in enumerate(stages) if st == s]
-        if len(blk) < 2:
-            continue
-        M = A[np.ix_(idx[blk], idx[blk])]
-        M = 0.5 * (M + M.T)
-        d = np.sqrt(np.maximum(np.abs(np.diag(M)), 1e-300))
-        lam, vec = np.linalg.eigh(M / np.outer(d, d))
-        for k in np.nonzero(lam < tol * max(lam.max(), 1e-300))[0]:
-            out += [blk[j] for j in np.nonzero(np.abs(vec[:, k]) > 0.3)[0]]
-    return sorted(set(out))
+def _candidates(ev, s, theta, st_idx, sub, init_first):
+    """The given start and the moment start of stage ``s`` (in the order of the starts)."""
+    given = theta[st_idx[s]].copy()
+    if s == "noise":
+        bins = noise_bins(sub)
+    else:
+        table = ev.device_table(theta[st_idx["noise"]])
+        bins = binned_estimates(types.SimpleNamespace(devices=table, bins=make_bins(table["g_target"])))
+    moment = stage_start(ev.base, ev.ents[s], bins)
+    if moment is None or not np.isfinite(ev.value(s, moment)):
+        return [given]
+    return [given, moment] if init_first else [moment, given]
 
 
-def _safe_inv(M):
-    try:
-        return np.linalg.inv(M)
-    except np.linalg.LinAlgError:
-        return np.linalg.pinv(M)
+def _multistart(ev, s, cands, starts, max_iter):
+    """Minimise stage ``s`` from ``starts`` points; the lowest NLL wins.
+
+    Returns:
+      ``(theta, steps, ok, H0)`` of the winner: the optimum, the step sizes and the
+      entries that were free at its start (the NLL changed along them) and its starting
+      Hessian.
+    """
+    best = None
+    for k in range(max(int(starts), 1)):
+        if k < len(cands):
+            th0 = cands[k]
+        else:  # displace the best optimum so far by a few standard errors
+            th_b, steps_b, ok_b = best[1], best[2], best[3]
+            scale = np.where(ok_b, 15.0 * steps_b, 0.0)  # steps are 0.2 standard errors
+            scale = np.maximum(scale, 0.1 * np.abs(th_b) * ok_b)
+            th0 = th_b + scale * _halton_normal(k - len(cands), th_b.shape[0])
+        steps, curv = ev.step_sizes(s, th0)
+        ok = curv != 0  # entries along which the NLL does not change carry no information: hold them
+        H0 = ev.finite_differences(s, th0, steps)["H"]
+        th = _minimise(ev, s, th0, ok, H0, max_iter)
+        f = ev.value(s, th)
+        if np.isfinite(f) and (best is None or f < best[0]):
+            best = (f, th, steps, ok, H0)
+    return best[1], best[2], best[3], best[4]
+
+
+_PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
+
+
+def _halton_normal(i: int, dim: int) -> np.ndarray:
+    """Point ``i + 1`` of the Halton sequence in ``dim`` dimensions, mapped to standard
+    normal quantiles (deterministic quasi-random directions)."""
+    out = np.zeros(dim)
+    for j in range(dim):
+        base, f, r, n = _PRIMES[j % len(_PRIMES)], 1.0, 0.0, i + 1 + j // len(_PRIMES)
+        while n > 0:
+            f /= base
+            r += f * (n % base)
+            n //= base
+        out[j] = NormalDist().inv_cdf(min(max(r, 1e-6), 1 - 1e-6))
+    return out
 
 
 _LBFGS = optax.scale_by_lbfgs(memory_size=10)
@@ -247,147 +280,4 @@ def _newton_polish(ev, s, th, ok, fd):
             th = cand
     return th, g_smooth
 
-
-class _Evaluator:
-    """Compiled stage functions bound to one fit's data, with finite-difference Hessians."""
-
-    def __init__(self, base, d, ents):
-        self.base, self.d, self.ents = base, d, ents
-        self.inputs = None  # (x, V, a_c, U) from the fitted noise stage
-        self._vec = {}
-
-    def set_stage(self, s, th):
-        self.base = _params.with_values(self.base, self.ents[s], th)
-        if s == "noise":
-            self.inputs = _noise_vg(th, self.base, self.d, entries=self.ents["noise"])[3][:4]
-
-    def _call(self, s, th, inputs=None, base=None):
-        th = np.asarray(th, np.float64)
-        base = self.base if base is None else base
-        if s == "noise":
-            f, g, vec, aux = _noise_vg(th, base, self.d, entries=self.ents["noise"])
-            return f, g, vec, aux[5]  # expected RSS per device
-        x, V, a_c, U = self.inputs if inputs is None else inputs
-        if s == "drift":
-            return _drift_vg(th, base, self.d, x, V, entries=self.ents["drift"]) + (None,)
-        return _prog_vg(th, base, self.d, a_c, U, entries=self.ents["prog"]) + (None,)
-
-    def device_table(self, th_n) -> dict:
-        """Per-device quantities at the fitted noise parameters (NumPy, padding removed)."""
-        x, V, a_c, U, q2, e_rss = (np.asarray(v) for v in _noise_vg(
-            np.asarray(th_n, np.float64), self.base, self.d, entries=self.ents["noise"])[3])
-        n = int(self.n_devices)
-        out = dict(x=x, V=V, a_c=a_c, U=U, q2=q2, e_rss=e_rss)
-        out.update({k: np.asarray(self.d[k]) for k in ("g_target", "rss", "dof", "usable", "all_zero")})
-        return {k: v[:n] for k, v in out.items()}
-
-    def value_and_grad(self, s, th):
-        f, g, _, _ = self._call(s, th)
-        return float(f), np.asarray(g)
-
-    def value(self, s, th):
-        return self.value_and_grad(s, th)[0]
-
-    def step_sizes(self, s, th, frac: float = 0.2):
-        """Finite-difference steps of about ``frac`` standard errors per entry, and the
-        curvature along each axis (0: the NLL does not depend on that entry).
-
-        The curvature comes from a second difference of the NLL with a moderate step;
-        steps a fraction of a standard error wide average over the kinks of clipped laws
-        (every device contributes one where its law meets a clip bound), which a tiny step
-        would turn into spurious curvature.
-        """
-        th = np.asarray(th, np.float64)
-        f0 = self.value(s, th)
-        h = 1e-3 * np.maximum(np.abs(th), 1e-3)
-        steps, curv = h.copy(), np.zeros_like(th)
-        for k in range(th.shape[0]):
-            tp, tm = th.copy(), th.copy()
-            tp[k] += h[k]
-            tm[k] -= h[k]
-            c = (self.value(s, tp) - 2 * f0 + self.value(s, tm)) / h[k] ** 2
-            if np.isfinite(c) and c != 0:
-                curv[k] = c
-                steps[k] = frac / np.sqrt(abs(c))
-        return steps, curv
-
-    def finite_differences(self, s, th, steps=None):
-        """Central differences of the gradient (Hessian), of the per-device NLLs (scores)
-        and, for the noise stage, of the per-device log expected RSS."""
-        th = np.asarray(th, np.float64)
-        steps = self.step_sizes(s, th)[0] if steps is None else steps
-        f, g, vec, _ = self._call(s, th)
-        P = th.shape[0]
-        H = np.zeros((P, P))
-        scores = np.zeros((int(vec.shape[0]), P))
-        dlogE = np.zeros((int(vec.shape[0]), P)) if s == "noise" else None
-        for k in range(P):
-            h = steps[k]
-            tp, tm = th.copy(), th.copy()
-            tp[k] += h
-            tm[k] -= h
-            _, gp, vp, ep = self._call(s, tp)
-            _, gm, vm, em = self._call(s, tm)
-            H[:, k] = (np.asarray(gp) - np.asarray(gm)) / (2 * h)
-            scores[:, k] = (np.asarray(vp) - np.asarray(vm)) / (2 * h)
-            if dlogE is not None:
-                dlogE[:, k] = (np.log(np.maximum(np.asarray(ep), 1e-300))
-                               - np.log(np.maximum(np.asarray(em), 1e-300))) / (2 * h)
-        return dict(f=float(f), g=np.asarray(g), H=0.5 * (H + H.T), scores=scores, steps=steps, dlogE=dlogE)
-
-    def cross_noise(self, th_n, steps):
-        """``∂(drift, prog gradients) / ∂(noise parameters)`` by central differences."""
-        th_n = np.asarray(th_n, np.float64)
-        P = th_n.shape[0]
-        th_d = np.asarray(_params.values_of(self.base, self.ents["drift"]))
-        th_p = np.asarray(_params.values_of(self.base, self.ents["prog"]))
-        out = {"drift": np.zeros((th_d.shape[0], P)), "prog": np.zeros((th_p.shape[0], P))}
-        for k in range(P):
-            h = steps[k]
-            grads = []
-            for sign in (1.0, -1.0):
-                t = th_n.copy()
-                t[k] += sign * h
-                base = _params.with_values(self.base, self.ents["noise"], t)
-                inp = _noise_vg(t, base, self.d, entries=self.ents["noise"])[3][:4]
-                grads.append((self._call("drift", th_d, inp, base)[1] if th_d.size else None,
-                              self._call("prog", th_p, inp, base)[1] if th_p.size else None))
-            if th_d.size:
-                out["drift"][:, k] = (np.asarray(grads[0][0]) - np.asarray(grads[1][0])) / (2 * h)
-            if th_p.size:
-                out["prog"][:, k] = (np.asarray(grads[0][1]) - np.asarray(grads[1][1])) / (2 * h)
-        return out
-
-
-_static = partial(FastJit, static_argnames=("entries",))
-
-
-@_static
-def _noise_vg(theta, base, d, entries):
-    def fun(th):
-        vec, q2, e_rss = LK.nll_noise(_params.with_values(base, entries, th), d)
-        return jnp.sum(vec), (vec, q2, e_rss)
-
-    (f, (vec, q2, e_rss)), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec, LK.stage_inputs(q2, d) + (q2, e_rss)
-
-
-@_static
-def _drift_vg(theta, base, d, x, V, entries):
-    def fun(th):
-        vec = LK.nll_drift(_params.with_values(base, entries, th), d, x, V)
-        return jnp.sum(vec), vec
-
-    (f, vec), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec
-
-
-@_static
-def _prog_vg(theta, base, d, a_c, U, entries):
-    def fun(th):
-        vec = LK.nll_prog(_params.with_values(base, entries, th), d, a_c, U)
-        return jnp.sum(vec), vec
-
-    (f, vec), g = jax.value_and_grad(fun, has_aux=True)(theta)
-    return f, g, vec
 

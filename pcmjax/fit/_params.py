@@ -35,6 +35,13 @@ SPECS = {
                  ("prog_coeffs", "prog", None)),
 }
 
+# Clip bounds of the PCM-like laws and a value that takes each out of play. A bound is
+# identified only if the data need it: moving it there must raise the NLL by at least
+# BOUND_DNLL (−2ΔlogL = 4, about two standard errors); otherwise only a one-sided limit is known.
+CLIP_BOUNDS = {"pcm_like": {("mu_nu", 2): -1e3, ("mu_nu", 3): 1e3, ("sigma_nu", 2): -1e3, ("sigma_nu", 3): 1e3,
+                            ("q_s_law", 2): 1e3}}
+BOUND_DNLL = 2.0
+
 CLASSES = {"hermes": HermesPCM, "pcm_like": PCMLike, "state_independent": StateIndependent, "flexible": Flexible}
 
 
