@@ -145,3 +145,31 @@ def test_gradients():
 def test_validation(kw_):
     with pytest.raises(ValueError, match="parasitics"):
         ParasiticsConfig(**kw_)
+
+
+def test_method_validation():
+    with pytest.raises(ValueError, match="parasitics.method.*'nodal'"):
+        ParasiticsConfig(1.0, 1.0, method="nodal")
+    assert ParasiticsConfig().method == "fixed_point"
+
+
+def test_exact_method_in_the_chip_beyond_the_expansion():
+    # λ ≈ 4 in total: the fixed-point series diverges; the exact model matches the nodal
+    # reference and the chip's MVM uses it.
+    key = jax.random.key(3)
+    gp, gn, v = _array(4)
+    w = (gp - gn) / 20.7
+    r = 2 * 2.0 / (gp.mean() * R * R * 1e-6)
+    exact = _ref_nodal(gp, gn, v, r, r) / 20.7
+    ideal = v @ w
+    assert np.max(np.abs(exact - ideal)) > 0.3 * np.max(np.abs(ideal))  # a large IR drop
+    par = ParasiticsConfig(r, r, method="exact")
+    g = jnp.asarray(np.stack([gp, gn])[None], jnp.float32)
+    cfg = pj.ChipConfig.ideal(n_cores=1, rows=R, cols=K).replace(parasitics=par)
+    eff = np.asarray(effective_conductances(g, cfg))[0]
+    np.testing.assert_allclose(v @ (eff[0] - eff[1]) / 20.7, exact, rtol=0, atol=2e-5 * np.max(np.abs(exact)))
+    fixed = np.asarray(effective_conductances(g, cfg.replace(parasitics=ParasiticsConfig(r, r, 20))))[0]
+    assert not np.max(np.abs(v @ (fixed[0] - fixed[1]) / 20.7 - exact)) < 0.1 * np.max(np.abs(exact))
+    st = pj.program_chip(key, jnp.asarray(w[None], jnp.float32), cfg)
+    y = np.asarray(pj.mvm(key, st, jnp.asarray(v[None, None], jnp.float32)))[0, 0]
+    assert np.max(np.abs(y - exact)) / np.max(np.abs(exact)) < 2e-3

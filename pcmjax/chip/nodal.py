@@ -94,6 +94,7 @@ def _row_step(rw, rb, carry, xs):
     return (e_next, x[..., K:].reshape(j.shape)), None
 
 
+@jax.jit
 def transfer_pair(g_pos, g_neg, r_word_line, r_bit_line):
     """Exact transfer conductances of both polarities: the effective conductances.
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from pcmjax._validate import check_float, check_int
+from pcmjax._validate import check_choice, check_float, check_int
+
+METHODS = ("fixed_point", "exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,17 +17,25 @@ class ParasiticsConfig:
     Attributes:
       r_word_line: resistance of one cell pitch of an input line, Ω.
       r_bit_line: resistance of one cell pitch of a bit line, Ω.
-      iterations: 1 = first-order model; more = fixed-point refinement steps.
+      iterations: with ``method="fixed_point"``: 1 = first-order model; more = fixed-point
+        refinement steps (ignored by ``"exact"``).
+      method: ``"fixed_point"`` (default): the first-order expansion, cheap (a few
+        cumulative sums per core), good while the IR drop is below ~10 % (λ ≲ 0.2) and
+        divergent beyond λ ≈ 3.5. ``"exact"``: the exact nodal solution of the whole
+        crossbar (:mod:`pcmjax.chip.nodal`), valid at any wire resistance, about
+        ``R K² (4 K / 3 + 2 R)`` multiply-adds per core, once per state.
     """
 
     r_word_line: float = 0.0
     r_bit_line: float = 0.0
     iterations: int = 1
+    method: str = "fixed_point"
 
     def __post_init__(self):
         for name in ("r_word_line", "r_bit_line"):  # ohms
             check_float(f"parasitics.{name}", getattr(self, name), 0.0)
         check_int("parasitics.iterations", self.iterations, 1, 100)
+        check_choice("parasitics.method", self.method, METHODS)
 
     @property
     def enabled(self) -> bool:
