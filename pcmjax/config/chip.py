@@ -50,38 +50,78 @@ NONIDEALITIES: dict[str, tuple[tuple[str, Any], ...]] = {
 class ProgramConfig:
     """Programming algorithm (PHYSICS.md §3).
 
+    Program-and-verify (``method="verify"``, :mod:`pcmjax.chip.verify`) follows HERMES: SET,
+    then up to ``iterations`` verify reads counted in ADC counts, stopping when the integer
+    read is within ``tolerance_counts`` of the target, with SET pulses aimed by the read
+    error in between. Its defaults are calibrated (``benchmarks/calibrate_verify.py``) so
+    that, on ``HermesPCM(num_devices=1)`` and ``(2)``, the programmed spread reproduces the
+    HERMES-fitted σ_prog(g_T) within 10 % at every level from 0.1 to 1.0 ``g_max``.
+
     Attributes:
-      method: ``"one_shot"`` (the device model's programming noise) or ``"verify"``
-        (iterative program-and-verify, vectorised with masked updates).
-      iterations: verify iterations (HERMES: 30).
-      tolerance: stop when the verify read is within this fraction of ``g_max`` of the
-        target.
-      step: mean fraction of the read error a corrective pulse removes.
-      step_noise: relative standard deviation of a pulse's conductance response.
-      verify_read_noise: standard deviation of a verify read, fraction of ``g_max``.
-      set_spread: relative device-to-device spread of the SET conductance (two-device
-        strategy).
+      method: ``"one_shot"`` (the device model's programming noise), ``"verify"``
+        (program-and-verify, vectorised with masked updates) or ``"gdp"``.
+      iterations: verify reads at most (HERMES: 30).
+      counts_per_device: verify-read counts of one device's share of ``g_max``, ``g_max / n``
+        (HERMES: ``G_max`` = 80 counts with one device per sign, 160 with two).
+      tolerance_counts: stop when the integer verify read is less than this many counts from
+        the target (HERMES: 5).
+      verify_read_s: verify-read pulse, seconds (HERMES: 512 ns at 0.2 V): the 1/f band of the
+        device model's read fluctuation ``device.read_sigma(g, verify_read_s)``.
+      verify_adc_noise: rms noise of the verify conversion, counts (before rounding).
+      step: fraction of the read error by which the next pulse's aim moves (the pulse
+        current is updated in proportion to the error).
+      pulse_spread: saturated spread of a pulse's conductance response, fraction of one
+        device's ``g_max / n``: ``σ_p(g) = pulse_spread · g_dev · (1 − exp(−g / (s · g_dev)))``
+        with ``s = pulse_spread_scale`` (calibrated).
+      pulse_spread_scale: conductance scale ``s`` of that saturation, fraction of ``g_dev``
+        (calibrated).
+      relax_fraction: share of a pulse's response variance that develops after its verify
+        read (relaxation before the first read at ``t0``; calibrated).
+      set_relax_fraction: the same for a device left at its SET conductance by the
+        two-device strategy, whose relaxation the loop partly sees (calibrated).
+      set_level: mean SET conductance of one device, in units of ``g_dev``: 1.3 puts the
+        mapping's ``G_max`` where 99 % of devices reach it with ``set_spread = 0.1``.
+      set_spread: relative device-to-device spread of the SET conductance.
       gdp: :class:`GDPConfig` of ``method="gdp"`` (targets chosen by gradient descent on
         the MVM error, then written with ``gdp.write``; :mod:`pcmjax.chip.gdp`).
     """
 
     method: ProgramMethod = "one_shot"
     iterations: int = 30
-    tolerance: float = 0.02
+    counts_per_device: float = 80.0
+    tolerance_counts: float = 5.0
+    verify_read_s: float = 512e-9
+    verify_adc_noise: float = 0.5
     step: float = 0.7
-    step_noise: float = 0.3
-    verify_read_noise: float = 0.005
+    pulse_spread: float = 0.12
+    pulse_spread_scale: float = 0.34
+    relax_fraction: float = 0.63
+    set_relax_fraction: float = 0.27
+    set_level: float = 1.3
     set_spread: float = 0.1
     gdp: GDPConfig = GDPConfig()
+    # Legacy program-and-verify (pcmjax.chip.program until it moves to pcmjax.chip.verify).
+    tolerance: float = 0.02
+    step_noise: float = 0.3
+    verify_read_noise: float = 0.005
 
     def __post_init__(self):
         check_choice("program.method", self.method, PROGRAM_METHODS)
         check_int("program.iterations", self.iterations, 1, 1000)
-        check_float("program.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
+        check_float("program.counts_per_device", self.counts_per_device, 0.0, 1e6, lo_open=True)
+        check_float("program.tolerance_counts", self.tolerance_counts, 0.0, 1e6, lo_open=True)
+        check_float("program.verify_read_s", self.verify_read_s, 0.0, 1.0, lo_open=True)
+        check_float("program.verify_adc_noise", self.verify_adc_noise, 0.0, 1e3)
         check_float("program.step", self.step, 0.0, 2.0, lo_open=True)
+        check_float("program.pulse_spread", self.pulse_spread, 0.0, 1.0)
+        check_float("program.pulse_spread_scale", self.pulse_spread_scale, 0.0, 10.0, lo_open=True)
+        check_float("program.relax_fraction", self.relax_fraction, 0.0, 1.0)
+        check_float("program.set_relax_fraction", self.set_relax_fraction, 0.0, 1.0)
+        check_float("program.set_level", self.set_level, 0.5, 5.0)
+        check_float("program.set_spread", self.set_spread, 0.0, 0.5)
+        check_float("program.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
         check_float("program.step_noise", self.step_noise, 0.0, 2.0)
         check_float("program.verify_read_noise", self.verify_read_noise, 0.0, 1.0)
-        check_float("program.set_spread", self.set_spread, 0.0, 0.5)
         if isinstance(self.gdp, dict):  # from to_dict() / TOML
             object.__setattr__(self, "gdp", GDPConfig(**self.gdp))
         check_instance("program.gdp", self.gdp, GDPConfig)
