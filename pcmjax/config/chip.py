@@ -92,11 +92,11 @@ class ProgramConfig:
     tolerance_counts: float = 5.0
     verify_read_s: float = 512e-9
     verify_adc_noise: float = 0.5
-    step: float = 0.7
-    pulse_spread: float = 0.12
-    pulse_spread_scale: float = 0.34
-    relax_fraction: float = 0.63
-    set_relax_fraction: float = 0.27
+    step: float = 1.0
+    pulse_spread: float = 0.122
+    pulse_spread_scale: float = 0.341
+    relax_fraction: float = 0.625
+    set_relax_fraction: float = 0.276
     set_level: float = 1.3
     set_spread: float = 0.1
     gdp: GDPConfig = GDPConfig()
