@@ -17,8 +17,7 @@ import pytest
 
 import pcmjax as pj
 from pcmjax.devices import Flexible, HermesPCM, PCMLike, StateIndependent, load, save
-from pcmjax.fit import cli_main, fit_device_model, simulate_measurements
-from pcmjax.fit import _params
+from pcmjax.fit import _params, cli_main, fit_device_model, simulate_measurements
 
 N_DEVICES = 10_000
 TIMES = (0.0, 60.0, 600.0, 3600.0, 36000.0, 86400.0)

@@ -26,7 +26,7 @@ def test_scale_factors_recovered_from_mvm_outputs():
     meas = simulate_hardware(jax.random.key(7), weights, x, [60.0, 86400.0], cfg,
                              pj.devices.HermesPCM(2, **TRUE), repeats=3)
     assert meas.y.shape == (2, 3, 2, 64, 128)
-    fit = fit_scale_factors(meas, cfg, pj.devices.HermesPCM(2), key=jax.random.key(11))
+    fit = fit_scale_factors(jax.random.key(11), meas, cfg, pj.devices.HermesPCM(2))
     for name, true in TRUE.items():
         assert abs(fit.scales[name] / true - 1) < 0.05, fit.summary()
         assert abs(fit.scales[name] - true) < 4 * fit.stderr[name], fit.summary()
@@ -39,4 +39,4 @@ def test_scale_fit_input_checks():
 
     bad = HardwareMeasurements(np.zeros((1, 4, 4)), np.zeros((1, 2, 4)), np.array([1.0]), np.zeros((1, 1, 1, 2, 4)))
     with pytest.raises(ValueError, match="repeats >= 2"):
-        fit_scale_factors(bad)
+        fit_scale_factors(jax.random.key(0), bad)

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import ndtr
 
+from pcmjax._validate import check_int, check_key
 from pcmjax.fit._compile import FastJit
+from pcmjax.periphery.adc import adc_transfer, sample_adc_mismatch
 
 NOISE_FLOOR = 0.05  # counts: below this the interval likelihood is a step function
 
@@ -229,15 +232,15 @@ def simulate_adc_sweep(key, cfg, inputs, n_cols: int, repeats: int = 1, counts_p
       ``(counts [S, repeats, n_cols], truth)`` with ``truth`` the drawn ``gain``,
       ``offset`` and ``nonlin`` per column.
     """
+    check_key(key)
+    n_cols, repeats = check_int("n_cols", n_cols, 1), check_int("repeats", repeats, 1)
     a = cfg.counts_per_unit(rows) if counts_per_unit is None else counts_per_unit
-    counts, mis = _simulate_sweep(key, jnp.asarray(inputs, jnp.float32), float(a), cfg, int(n_cols), int(repeats))
+    counts, mis = _simulate_sweep(key, jnp.asarray(inputs, jnp.float32), float(a), cfg, n_cols, repeats)
     return np.asarray(counts), {k: np.asarray(v) for k, v in mis.items()}
 
 
 @partial(jax.jit, static_argnames=("cfg", "n_cols", "repeats"))
 def _simulate_sweep(key, inputs, a, cfg, n_cols, repeats):
-    from pcmjax.periphery.adc import adc_transfer, sample_adc_mismatch
-
     k_mis, k_noise = jax.random.split(key)
     mis = sample_adc_mismatch(k_mis, cfg, (n_cols,))
     s = inputs[:, None, None]

@@ -7,8 +7,13 @@ import json
 import sys
 from pathlib import Path
 
-from pcmjax.fit._data import COLUMNS, MeasurementError
+import jax
+
+from pcmjax.devices import load, save
+from pcmjax.fit._data import COLUMNS, MeasurementError, load_measurements
+from pcmjax.fit._device import fit_device_model
 from pcmjax.fit._params import FAMILIES
+from pcmjax.fit._plots import plot_fit
 
 
 def build_parser(prog: str = "pcmjax fit") -> argparse.ArgumentParser:
@@ -36,6 +41,12 @@ def build_parser(prog: str = "pcmjax fit") -> argparse.ArgumentParser:
                    help="flexible family: polynomial degree (spline: coefficients - 1)")
     p.add_argument("--max-rel-noise", type=float, default=0.3,
                    help="leave out target bins whose relative read noise exceeds this (default 0.3)")
+    p.add_argument("--init", default=None,
+                   help="model JSON to start from (pcmjax.devices.save writes one; also sets g_max, t0, t_read)")
+    p.add_argument("--starts", type=int, default=2,
+                   help="starting points per likelihood stage (default 2: per-level moment estimates and the "
+                        "--init model or the published values; more add displaced restarts)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the devices simulated for the drift figure")
     p.add_argument("--se", default="sandwich", choices=("sandwich", "hessian"), help="standard-error method")
     p.add_argument("--stats-json", default=None, help="also write parameters, errors and fit statistics here")
     return p
@@ -44,10 +55,6 @@ def build_parser(prog: str = "pcmjax fit") -> argparse.ArgumentParser:
 def cli_main(argv=None, prog: str = "pcmjax fit") -> int:
     """Entry point of ``pcmjax fit`` / ``python -m pcmjax.fit``; returns the exit status."""
     args = build_parser(prog).parse_args(argv)
-    from pcmjax.devices import save
-    from pcmjax.fit._data import load_measurements
-    from pcmjax.fit._device import fit_device_model
-
     data_path = Path(args.data)
     try:
         data = load_measurements(data_path)
@@ -55,11 +62,16 @@ def cli_main(argv=None, prog: str = "pcmjax fit") -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
+        init = load(args.init) if args.init else None
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: --init {args.init}: {e}", file=sys.stderr)
+        return 2
+    try:
         result = fit_device_model(
             data, args.family, num_devices=args.num_devices, q_s_from=args.q_s_from, g_max=args.g_max,
             t0=args.t0, t_read=args.t_read, basis=args.basis, degree=args.degree,
-            max_rel_noise=args.max_rel_noise, se=args.se)
-    except ValueError as e:
+            max_rel_noise=args.max_rel_noise, se=args.se, init=init, starts=args.starts)
+    except (ValueError, TypeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(result.summary())
@@ -69,15 +81,19 @@ def cli_main(argv=None, prog: str = "pcmjax fit") -> int:
     print(f"model written to {out}")
     if args.stats_json:
         Path(args.stats_json).write_text(json.dumps(
-            {"family": result.family, "params": result.params(), "fixed": result.fixed, "stats": result.stats,
+            {"family": result.family, "params": _finite(result.params()), "fixed": result.fixed, "stats": result.stats,
              "notes": result.notes}, indent=2) + "\n")
     if (args.figures or "").lower() != "none":
         import matplotlib
 
         matplotlib.use("Agg")  # files only, no display needed
-        from pcmjax.fit._plots import plot_fit
-
         fig_dir = Path(args.figures) if args.figures else out.parent
-        for path in plot_fit(result, fig_dir, prefix=out.stem):
+        for path in plot_fit(jax.random.key(args.seed), result, fig_dir, prefix=out.stem):
             print(f"figure written to {path}")
     return 0
+
+
+def _finite(params: dict) -> dict:
+    """``{name: [value, stderr]}`` with ``None`` for the error of a parameter the data do not
+    identify (JSON has no infinity)."""
+    return {n: [v, s if s == s and abs(s) != float("inf") else None] for n, (v, s) in params.items()}

@@ -27,6 +27,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from pcmjax._validate import check_key
+
 COLUMNS = ("device_id", "g_target_uS", "t_s", "g_uS")
 _NUMERIC = COLUMNS[1:]
 MAX_LISTED = 20  # problems listed in an error message (all are kept in .problems)
@@ -278,6 +280,7 @@ def simulate_measurements(key, model, g_target_uS, t_s, *, device_prefix: str = 
     Returns:
       :class:`Measurements` with ``n_devices · n_times`` rows.
     """
+    check_key(key)
     g_t = np.asarray(g_target_uS, np.float32).reshape(-1)
     times = np.asarray(t_s, np.float32).reshape(-1)
     if g_t.size == 0 or times.size == 0:

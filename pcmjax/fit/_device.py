@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 
+from pcmjax._validate import check_choice, check_float, check_int
 from pcmjax.devices import DeviceModel
 from pcmjax.fit import _params
 from pcmjax.fit._data import Measurements, load_measurements
@@ -111,6 +112,21 @@ class FitResult:
         return binned_estimates(self)
 
 
+def _select(stats, max_rel_noise, notes):
+    """Devices kept for the fit (see :func:`select_devices`); appends notes on the others."""
+    bins = make_bins(stats.g_target)
+    keep, bin_sigma = select_devices(stats, max_rel_noise, bins)
+    n_partial = int(np.sum(~(stats.usable | stats.all_zero)))
+    if n_partial:
+        notes.append(f"{n_partial} device(s) with some (not all) reads at 0 or a singular design left out")
+    n_noisy = int(np.sum((stats.usable | stats.all_zero) & ~keep))
+    if n_noisy:
+        out = bins[1][bin_sigma > max_rel_noise]
+        notes.append(f"{n_noisy} device(s) left out: relative read noise above {max_rel_noise} at targets "
+                     f"{np.array2string(out, precision=3, threshold=8)} µS")
+    return keep
+
+
 def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = None, q_s_from: str = "programmed",
                      g_max: float | None = None, t0: float | None = None, t_read: float | None = None,
                      basis: str = "poly", degree: int = 3, init: DeviceModel | None = None,
@@ -146,12 +162,11 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
     Returns:
       :class:`FitResult`.
     """
-    if family not in _params.FAMILIES:
-        raise ValueError(f"family must be one of {_params.FAMILIES}, got {family!r}.")
-    if se not in SE_METHODS:
-        raise ValueError(f"se must be one of {SE_METHODS}, got {se!r}.")
-    if not (isinstance(max_rel_noise, (int, float)) and 0 < max_rel_noise <= 0.5):
-        raise ValueError(f"max_rel_noise must be in (0, 0.5], got {max_rel_noise!r}.")
+    check_choice("family", family, _params.FAMILIES)
+    check_choice("se", se, SE_METHODS)
+    check_float("max_rel_noise", max_rel_noise, 0.0, 0.5, lo_open=True)
+    starts = check_int("starts", starts, 1)
+    max_iter = check_int("max_iter", max_iter, 1)
     if not isinstance(data, Measurements):
         data = load_measurements(data)
     num_devices = DEFAULT_DEVICES[family] if num_devices is None else num_devices
@@ -167,16 +182,7 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
     model0 = _params.template(family, num_devices, q_s_from, basis, degree, g_max, t0, t_read, init)
 
     stats = reduce_devices(data, float(model0.t0), float(model0.t_read))
-    bins = make_bins(stats.g_target)
-    keep, bin_sigma = select_devices(stats, max_rel_noise, bins)
-    n_partial = int(np.sum(~(stats.usable | stats.all_zero)))
-    if n_partial:
-        notes.append(f"{n_partial} device(s) with some (not all) reads at 0 or a singular design left out")
-    n_noisy = int(np.sum((stats.usable | stats.all_zero) & ~keep))
-    if n_noisy:
-        out = bins[1][bin_sigma > max_rel_noise]
-        notes.append(f"{n_noisy} device(s) left out: relative read noise above {max_rel_noise} at targets "
-                     f"{np.array2string(out, precision=3, threshold=8)} µS")
+    keep = _select(stats, max_rel_noise, notes)
     sub = stats.subset(keep)
     if sub.n_devices < 10:
         raise ValueError(f"only {sub.n_devices} device(s) are usable for the fit; need at least 10.")

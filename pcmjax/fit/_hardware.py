@@ -32,6 +32,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcmjax._validate import check_int, check_key
+from pcmjax.chip.mvm import mvm
+from pcmjax.chip.state import program_chip
+from pcmjax.config import ChipConfig
+from pcmjax.devices import HermesPCM
+
 SCALES = ("prog_scale", "drift_scale", "read_noise_scale")
 
 
@@ -114,9 +120,6 @@ def _moment_se(y, y0):
 def _simulate_outputs(key, device, weights, x, times, cfg, repeats):
     """``[T, repeats, C, B, K]`` outputs of one simulated chip instance (times and repeats
     are vmapped, so the traced program holds one programming, one ageing and one MVM)."""
-    from pcmjax.chip.mvm import mvm
-    from pcmjax.chip.state import program_chip
-
     k_prog, k_time = jax.random.split(key)
     state = program_chip(k_prog, weights, cfg, device)
 
@@ -137,9 +140,8 @@ def simulate_hardware(key, weights, x, times, cfg=None, device=None, repeats: in
       cfg: :class:`pcmjax.ChipConfig`; device: the device model (with its scale factors).
       repeats: MVMs per input and time.
     """
-    from pcmjax.config import ChipConfig
-    from pcmjax.devices import HermesPCM
-
+    check_key(key)
+    repeats = check_int("repeats", repeats, 1)
     cfg = ChipConfig() if cfg is None else cfg
     device = HermesPCM(2) if device is None else device
     times = tuple(float(t) for t in np.asarray(times, np.float64).reshape(-1))
@@ -181,24 +183,24 @@ def _jacobian(theta, keys, device, weights, x, y0, static):
     return np.asarray(m, np.float64), np.stack(rows)
 
 
-def fit_scale_factors(meas: HardwareMeasurements, cfg=None, device=None, *, key=None, n_sim: int = 1,
+def fit_scale_factors(key, meas: HardwareMeasurements, cfg=None, device=None, *, n_sim: int = 1,
                       max_iter: int = 10) -> ScaleFit:
     """Recover ``prog_scale``, ``drift_scale`` and ``read_noise_scale`` from MVM outputs alone.
 
     Args:
+      key: random key of the simulated chip instances (fixed through the fit).
       meas: :class:`HardwareMeasurements`.
       cfg: the chip's :class:`pcmjax.ChipConfig` (everything but the three scales known).
       device: the device model whose scales are fitted (its own scale values are ignored).
-      key: random key of the simulated chip instances (fixed through the fit).
       n_sim: simulated instances averaged per evaluation.
       max_iter: Levenberg–Marquardt (damped Gauss–Newton) iterations.
 
     Returns:
       :class:`ScaleFit` with a device model carrying the recovered scales.
     """
-    from pcmjax.config import ChipConfig
-    from pcmjax.devices import HermesPCM
-
+    check_key(key)
+    n_sim = check_int("n_sim", n_sim, 1)
+    max_iter = check_int("max_iter", max_iter, 1)
     cfg = ChipConfig() if cfg is None else cfg
     device = HermesPCM(2) if device is None else device
     y = np.asarray(meas.y, np.float64)
@@ -206,7 +208,6 @@ def fit_scale_factors(meas: HardwareMeasurements, cfg=None, device=None, *, key=
         raise ValueError(f"y must have shape [times, repeats >= 2, cores, batch, cols], got {y.shape}.")
     if y.shape[0] != np.size(meas.times):
         raise ValueError(f"y has {y.shape[0]} times but times has {np.size(meas.times)}.")
-    key = jax.random.key(1) if key is None else key
     weights = jnp.asarray(meas.weights, jnp.float32)
     x = jnp.asarray(meas.x, jnp.float32)
     y0 = jnp.einsum("cbr,crk->cbk", x, weights)

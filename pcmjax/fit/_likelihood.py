@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln, log_ndtr, logsumexp
 
-from pcmjax.fit._reduce import _POLY_S_MAX, _moment_poly
+from pcmjax.fit._reduce import _POLY_S_MAX, _moment_poly, make_bins
 
 N_QUAD = 20
 _GH_X, _GH_W = np.polynomial.hermite.hermgauss(N_QUAD)
@@ -214,8 +214,6 @@ def _programming_nodes(stats, cols) -> dict:
     """Gauss–Hermite nodes ``max(g_T + σ̃ x_k, 0)`` ``[5, D]`` of the programmed conductance,
     with σ̃ a pilot programming noise per target bin: the spread of ``exp(â) − g_T`` minus
     the read-noise part ``exp(2â) U`` (at a pilot Q_s² per bin)."""
-    from pcmjax.fit._reduce import make_bins
-
     q2 = stats.pilot_q2()
     idx = make_bins(stats.g_target)[0]
     horner = lambda c, q: np.sum(c * q[:, None] ** np.arange(c.shape[1]), axis=1)  # noqa: E731

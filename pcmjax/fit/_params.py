@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcmjax._validate import check_instance
 from pcmjax.devices import DeviceModel, Flexible, HermesPCM, PCMLike, StateIndependent
 
 STAGES = ("noise", "drift", "prog")
@@ -143,8 +144,7 @@ def template(family: str, num_devices: int, q_s_from: str, basis: str = "poly", 
              g_max=None, t0=None, t_read=None, init: DeviceModel | None = None) -> DeviceModel:
     """The starting model of a fit: ``init`` if given, else the family's published values."""
     if init is not None:
-        if not isinstance(init, DeviceModel):
-            raise TypeError(f"init must be a pcmjax device model, got {type(init).__name__}.")
+        check_instance("init", init, DeviceModel)
         if init.family != family:
             raise ValueError(f"init is a {init.family!r} model but family={family!r}.")
         model = init

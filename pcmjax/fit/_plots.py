@@ -8,6 +8,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from pcmjax._validate import check_key
+from pcmjax.fit._data import simulate_measurements
+
 LEVELS_SHOWN = 6
 SIM_DEVICES = 1000  # simulated devices per level in the g(t) figure
 
@@ -67,7 +70,7 @@ def plot_laws(result, path=None):
     return _finish(plt, fig, path)
 
 
-def plot_drift(result, path=None, key=None):
+def plot_drift(key, result, path=None):
     """Conductance against time per conductance level: data mean and 10–90 % range against
     the same statistics of devices simulated from the fitted model. Returns the path
     written, or the figure if ``path`` is None."""
@@ -82,7 +85,7 @@ def plot_drift(result, path=None, key=None):
         tb = np.unique(np.quantile(data.t_s, np.linspace(0, 1, 13)))
     else:
         tb = None
-    key = jax.random.key(0) if key is None else key
+    check_key(key)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for n, b in enumerate(pick):
         lo, hi = edges[b], edges[b + 1]
@@ -98,8 +101,6 @@ def plot_drift(result, path=None, key=None):
             groups = [(t_rows >= a) & (t_rows <= c) for a, c in zip(tb[:-1], tb[1:])]
         stats = np.array([[np.mean(g_rows[s]), *np.quantile(g_rows[s], [0.1, 0.9])] if s.any() else [np.nan] * 3
                           for s in groups])
-        from pcmjax.fit._data import simulate_measurements
-
         # A fixed number of simulated devices per level (resampled targets): one compile.
         pick_t = np.asarray(jax.random.choice(jax.random.fold_in(key, 1000 + n), targets, (SIM_DEVICES,)))
         sim = simulate_measurements(jax.random.fold_in(key, n), result.model, pick_t, tt)
@@ -118,8 +119,8 @@ def plot_drift(result, path=None, key=None):
     return _finish(plt, fig, path)
 
 
-def plot_fit(result, out_dir, prefix: str = "fit") -> list:
+def plot_fit(key, result, out_dir, prefix: str = "fit") -> list:
     """Both figures into ``out_dir`` as ``{prefix}_laws.png`` and ``{prefix}_drift.png``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [plot_laws(result, out_dir / f"{prefix}_laws.png"), plot_drift(result, out_dir / f"{prefix}_drift.png")]
+    return [plot_laws(result, out_dir / f"{prefix}_laws.png"), plot_drift(key, result, out_dir / f"{prefix}_drift.png")]

@@ -127,7 +127,7 @@ class DeviceStats:
     def n_devices(self) -> int:
         return int(self.g_target.shape[0])
 
-    def subset(self, keep) -> "DeviceStats":
+    def subset(self, keep) -> DeviceStats:
         keep = np.asarray(keep)
         out = {}
         for f in dataclasses.fields(self):
