@@ -594,7 +594,7 @@ def test_conductances_are_the_ones_at_time_uses(phases):
         np.testing.assert_allclose(w, eff / G_MAX2, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="t must be a scalar"):
         state.conductances(_key(5), np.array([1.0, 2.0]))
-    with pytest.raises(TypeError, match="effective must be a bool"):
+    with pytest.raises(TypeError, match="effective must be True or False"):
         state.conductances(_key(5), t, effective="yes")
 
 

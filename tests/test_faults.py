@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import pcmjax as pj
-from pcmjax.chip.faults import FaultConfig, apply_faults, faulty_conductances
+from pcmjax.chip import apply_faults
+from pcmjax.chip.faults import FaultConfig, faulty_conductances
 
 C, R, K = 4, 32, 32
 DEV = pj.devices.HermesPCM(num_devices=2)

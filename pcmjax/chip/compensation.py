@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pcmjax import _random
-from pcmjax.config import ChipConfig
-from pcmjax.periphery.adc import adc_transfer
-from pcmjax.periphery.pwm import pwm_encode
+from pcmjax.chip.read import make_read
+from pcmjax.config import ChipConfig, CompensationMode
 
 # A column whose reference reading is below this many counts gets the core's global ratio.
 MIN_REFERENCE_COUNTS = 4.0
@@ -39,44 +37,33 @@ def mapped_lines(g_target):
     return jnp.any(nonzero, axis=2), jnp.any(nonzero, axis=1)
 
 
-def reference_read(key, g_sign, var_sign, g_max, adc: dict, cfg: ChipConfig, g_target=None):
-    """Reference counts per column: the sum of both polarities' conversions.
+def reference_read(key, w, var, adc: dict, cfg: ChipConfig, g_target=None):
+    """Reference counts per column: the chip's ``"reference"`` read (:mod:`pcmjax.chip.read`).
 
     Args:
       key: a ``jax.random`` key (read and ADC noise).
-      g_sign: ``[cores, 2, rows, cols]`` conductances at the time of the read, µS.
-      var_sign: ``[cores, 2, rows, cols]`` per-read variance, normalised by ``g_max²``.
-      g_max: the device model's ``g_max``.
-      adc: per-column ADC parameters (``gain``, ``offset``, ``nonlin``).
-      cfg: chip config.
-      g_target: ``[cores, 2, rows, cols]`` target conductances: if given, only the rows and
-        columns that hold non-zero weights take part (:func:`mapped_lines`); the others
-        read 0.
+      w: ``[C, 2, R, K]`` conductances at the time of the read, normalised by ``g_max``.
+      var: ``[C, 2, R, K]`` per-read variances, normalised by ``g_max²``.
+      adc: per-column ADC parameters (``gain``, ``offset``, ``nonlin``, ``offset_est``).
+      cfg: chip config (``gdc_input``: the reference amplitude as a fraction of full scale).
+      g_target: ``[C, 2, R, K]`` target conductances: if given, only the rows and columns
+        that hold non-zero weights take part (:func:`mapped_lines`); the others read 0.
 
     Returns:
-      ``[cores, cols]`` reference counts (offset-corrected magnitudes).
+      ``[C, K]`` reference counts (offset-corrected magnitudes).
     """
-    x_ref = pwm_encode(jnp.asarray(cfg.gdc_input * cfg.adc.full_scale, jnp.float32), cfg.pwm)
-    a = cfg.adc.counts_per_unit(cfg.rows)
-    if g_target is not None:
+    c, _, r, _ = w.shape
+    amplitude = jnp.float32(cfg.gdc_input * cfg.adc.full_scale)
+    if g_target is None:
+        x = jnp.full((c, 1, r), amplitude)
+    else:
         rows, cols = mapped_lines(g_target)
-        # A select, not a product with a 0/1 mask: XLA (jaxlib 0.10.2, CPU) compiled the
-        # row sum of g · mask wrongly under nested vmap (instances × times) when rows ==
-        # cols, summing the mask along the column axis.
-        driven = rows[:, None, :, None]
-        g_sign, var_sign = jnp.where(driven, g_sign, 0.0), jnp.where(driven, var_sign, 0.0)
-    s = x_ref * jnp.sum(g_sign, axis=2) / g_max  # [C, 2, K]
-    var_counts = jnp.zeros_like(s) + cfg.adc.noise_std**2
-    if cfg.read_noise:
-        var_counts = var_counts + (a * adc["gain"][:, None, :]) ** 2 * x_ref**2 * jnp.sum(var_sign, axis=2)
-    u = a * adc["gain"][:, None, :] * s + adc["offset"][:, None, :]
-    u = u + jnp.sqrt(var_counts) * _random.normal(key, s.shape)
-    counts = adc_transfer(u, adc["nonlin"][:, None, :], cfg.adc)
-    ref = jnp.sum(counts - adc["offset_est"][:, None, :], axis=1)
+        x = jnp.where(rows, amplitude, 0.0)[:, None, :]  # undriven rows carry no charge
+    ref = make_read(cfg, "reference")(key, x, w, var, adc)[:, 0]
     return ref if g_target is None else jnp.where(cols, ref, 0.0)
 
 
-def compensation_factor(ref0, ref_t, mode: str, floor: float = MIN_REFERENCE_COUNTS):
+def compensation_factor(ref0, ref_t, mode: CompensationMode, floor: float = MIN_REFERENCE_COUNTS):
     """Output scale per column from reference readings at programming and at ``t``.
 
     The one drift-compensation ratio of pcmjax: the chip's reference read, gradient-based

@@ -24,7 +24,7 @@ Two ways in:
 
 * ``ChipConfig(faults=FaultConfig(stuck_set=0.01, ...))``: every ``program_chip`` draws
   faults (a static config: one compilation per rate);
-* :func:`apply_faults` on an already programmed :class:`~pcmjax.ChipState`, with rates
+* :func:`pcmjax.chip.apply_faults` on an already programmed :class:`~pcmjax.ChipState`, with rates
   that may be traced, so a Monte Carlo sweep over fault rates is one ``jax.vmap``.
 
 References:
@@ -37,18 +37,13 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
-import numpy as np
+
 from pcmjax.config.faults import FaultConfig
 
-# Stream index folded into program_chip's key for the fault draws (keeps every other
-# stream, and so every fault-free result, unchanged).
-FAULT_STREAM = 0xFA17
-
-
+__all__ = ["FaultConfig", "fault_masks", "faulty_conductances", "set_drift_exponent", "program_faults",
+           "fault_rates"]
 
 
 def fault_masks(key, shape, num_devices: int, stuck_set, stuck_reset, dead_columns):
@@ -113,51 +108,22 @@ def set_drift_exponent(device, drift: bool = True):
     return device.drift_scale * jnp.abs(mu)
 
 
-def _rates(faults: FaultConfig):
+def fault_rates(faults: FaultConfig):
+    """``(stuck_set, stuck_reset, dead_columns)`` of a :class:`FaultConfig` as float32 arrays."""
     return tuple(jnp.asarray(getattr(faults, n), jnp.float32) for n in ("stuck_set", "stuck_reset", "dead_columns"))
 
 
 def program_faults(key, g_prog, nu, device, cfg):
-    """The ``program_chip`` hook: faults of ``cfg.faults`` on freshly programmed devices."""
-    return faulty_conductances(key, g_prog, nu, device.g_max, int(device.num_devices),
-                               set_drift_exponent(device, cfg.drift), *_rates(cfg.faults))
-
-
-def apply_faults(key, state, faults: FaultConfig):
-    """Faults drawn on a programmed chip; the drift-compensation reference is re-read.
-
-    The faults are taken to exist from programming on: the programmed conductances and
-    drift exponents are replaced, the compensation reference is read again at
-    ``t = 0`` and the state is prepared again at its time ``state.t``.
+    """Faults of ``cfg.faults`` on freshly programmed devices (``program_chip``'s programming stage).
 
     Args:
-      key: a ``jax.random`` key (one fault pattern per key).
-      state: a :class:`~pcmjax.ChipState` (one instance; ``jax.vmap`` for more).
-      faults: a :class:`FaultConfig`; its rates may be traced arrays, so
-        ``jax.vmap(lambda r: apply_faults(k, state, FaultConfig(stuck_set=r)))(rates)``
-        sweeps a rate in one compilation.
+      key: a ``jax.random`` key.
+      g_prog, nu: ``[cores, 2, rows, cols]`` programmed conductances (µS) and drift exponents.
+      device: device model.
+      cfg: chip config (``faults``, ``drift``).
 
     Returns:
-      a :class:`~pcmjax.ChipState` with faults.
+      ``(g_prog, nu)`` of the faulty array.
     """
-    from pcmjax._validate import check_key
-    from pcmjax.chip.state import ChipState
-
-    if not isinstance(state, ChipState):
-        raise TypeError(f"state must be a ChipState (from pcmjax.program_chip), got {type(state).__name__}.")
-    if not isinstance(faults, FaultConfig):
-        raise TypeError(f"faults must be a FaultConfig, got {type(faults).__name__}.")
-    check_key(key)
-    return _apply_faults(key, state, *_rates(faults))
-
-
-@jax.jit
-def _apply_faults(key, state, stuck_set, stuck_reset, dead_columns):
-    from pcmjax.chip.state import _at_time, _initial_reference
-
-    k_f, k_ref, k_t = jax.random.split(key, 3)
-    dev, cfg = state.device, state.cfg
-    g, nu = faulty_conductances(k_f, state.g_prog, state.nu, dev.g_max, int(dev.num_devices),
-                                set_drift_exponent(dev, cfg.drift), stuck_set, stuck_reset, dead_columns)
-    state = state.replace(g_prog=g, nu=nu)
-    return _at_time(state.replace(gdc_ref=_initial_reference(state, k_ref)), k_t, state.t)
+    return faulty_conductances(key, g_prog, nu, device.g_max, int(device.num_devices),
+                               set_drift_exponent(device, cfg.drift), *fault_rates(cfg.faults))

@@ -37,70 +37,37 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
-from pcmjax.config.gdp import WRITE_METHODS, GDPConfig
 
-GDP_STREAM = 0x6D9  # folded into program_chip's key: every other stream stays unchanged
+from pcmjax.chip.age import age, drift_exponents
+from pcmjax.chip.compensation import compensation_factor
+from pcmjax.chip.program import write
+from pcmjax.config import ChipConfig
+from pcmjax.config.gdp import GDPConfig
+
+__all__ = ["GDPConfig", "mvm_error", "optimise_targets"]
+
+# A total conductance (µS) at most this large measured nothing: its compensation ratio is 1.
 _EPS = 1e-6
 
 
-def _write(key, g_target, device, cfg):
-    """The programming the targets will see (one-shot noise or program-and-verify)."""
-    from pcmjax.chip.program import program_verify
-
-    if not cfg.programming_noise:
-        return g_target
-    if cfg.program.gdp.write == "verify":
-        return program_verify(key, g_target, device, cfg)
-    return device.program(key, g_target)
-
-
-def _effective(g, cfg):
-    """Conductances as the array's MVM sees them (IR drop when configured)."""
-    try:
-        from pcmjax.chip import parasitics
-    except ImportError:  # pragma: no cover - parasitics is optional
-        return g
-    return parasitics.effective_conductances(g, cfg) if parasitics.enabled(cfg) else g
-
-
 def _aged(key, g_prog, g_target, device, cfg, t):
-    """Conductances at ``t`` (drift and accumulated noise as the chip models them)."""
+    """Conductances the MVM sees at ``t``: fresh drift exponents, then the chip's ageing."""
     k_nu, k_n = jax.random.split(key)
-    if cfg.drift:
-        nu = device.drift_exponent(k_nu, g_target)
-    else:
-        nu = jnp.zeros_like(g_target)
-    if cfg.drift_noise:
-        gt = g_target if device.q_s_from == "target" else None
-        g = device.at_time(k_n, g_prog, nu, t, g_target=gt)
-    else:
-        g = g_prog * device.drift_factor(nu, t)
-    tc = getattr(cfg, "temperature", None)
-    if tc is not None and tc.enabled:
-        from pcmjax.chip import temperature
-
-        g, _ = temperature.apply(g, jnp.zeros_like(g), g_target, nu, t, device.t0, device.g_max, tc)
+    nu = drift_exponents(k_nu, g_target, device, cfg)
+    g, _ = age(k_n, g_prog, nu, g_target, device, cfg, t, variance=False)
     return g
 
 
-def _compensation(g0, gt, mode):
-    """The drift-compensation scale from total conductances at 0 and at ``t``."""
-    if mode == "none":
-        return jnp.ones(g0.shape[:1] + (1, 1, g0.shape[-1]), g0.dtype)
-    axes = (1, 2, 3) if mode == "global" else (1, 2)
-    s0 = jnp.sum(g0, axis=axes, keepdims=True)
-    st = jnp.sum(gt, axis=axes, keepdims=True)
-    ratio = s0 / jnp.maximum(st, _EPS)
-    ratio = ratio if mode == "column" else jnp.broadcast_to(ratio, (g0.shape[0], 1, 1, g0.shape[-1]))
-    return jnp.where(st > _EPS, ratio, 1.0)
+def _alpha(g0, gt, mode):
+    """``[C, 1, K]`` drift compensation from the total conductances at 0 and at ``t``."""
+    ref0, ref_t = jnp.sum(g0, axis=(1, 2)), jnp.sum(gt, axis=(1, 2))  # [C, K], as the reference read
+    return compensation_factor(ref0, ref_t, mode, floor=_EPS)[:, None, :]
 
 
-def mvm_error(key, u, w_star, device, cfg, x=None):
+def mvm_error(key, u, w_star, device, cfg: ChipConfig, x=None):
     """One sample of the GDP loss: ``‖x · E‖²`` per input vector (summed over every output
     of every core), averaged over the inputs and over ``times_s``.
 
@@ -119,12 +86,12 @@ def mvm_error(key, u, w_star, device, cfg, x=None):
     g_max = device.g_max
     g_target = u * g_max
     k_w, k_0, k_t = jax.random.split(key, 3)
-    g_prog = _write(k_w, g_target, device, cfg)
-    g0 = _effective(_aged(k_0, g_prog, g_target, device, cfg, 0.0), cfg)
+    g_prog = write(k_w, g_target, device, cfg, cfg.program.gdp.write)
+    g0 = _aged(k_0, g_prog, g_target, device, cfg, 0.0)
     total = 0.0
     for i, t in enumerate(cfg.program.gdp.times_s):
-        gt = _effective(_aged(jax.random.fold_in(k_t, i), g_prog, g_target, device, cfg, t), cfg)
-        alpha = _compensation(g0, gt, cfg.drift_compensation)[:, 0]  # [C, 1, K]
+        gt = _aged(jax.random.fold_in(k_t, i), g_prog, g_target, device, cfg, t)
+        alpha = _alpha(g0, gt, cfg.drift_compensation)
         err = alpha * (gt[:, 0] - gt[:, 1]) / g_max - w_star
         if x is None:
             total = total + jnp.sum(err * err) / 3.0
@@ -134,7 +101,7 @@ def mvm_error(key, u, w_star, device, cfg, x=None):
     return total / len(cfg.program.gdp.times_s)
 
 
-def optimise_targets(key, g_target, device, cfg, x=None, return_history: bool = False):
+def optimise_targets(key, g_target, device, cfg: ChipConfig, x=None, return_history: bool = False):
     """Per-sign programming targets that minimise the MVM error (see the module docstring).
 
     Args:

@@ -1,4 +1,7 @@
-"""Weights to target conductances (PHYSICS.md §1)."""
+"""Weights to target conductances (PHYSICS.md §1).
+
+The first stage of the data path (**map** → program → age → read → digital unit).
+"""
 
 from __future__ import annotations
 
@@ -37,3 +40,19 @@ def weights_to_targets(weights, w_max, g_max):
     """
     w_n = jnp.clip(weights / w_max, -1.0, 1.0)
     return jnp.stack([jnp.maximum(w_n, 0.0), jnp.maximum(-w_n, 0.0)], axis=1) * g_max
+
+
+def map_weights(weights, g_max, cfg: ChipConfig):
+    """The mapping stage: per-sign target conductances and the weight scale.
+
+    Args:
+      weights: ``[cores, rows, cols]``.
+      g_max: the device model's ``g_max`` (µS, summed over the devices of one sign).
+      cfg: chip config (``w_max``, ``w_clip_sigma``).
+
+    Returns:
+      ``(g_target, w_max)``: ``[cores, 2, rows, cols]`` targets (µS) and ``[cores, 1, cols]``
+      scales.
+    """
+    w_max = weight_scale(weights, cfg)
+    return weights_to_targets(weights, w_max, g_max), w_max

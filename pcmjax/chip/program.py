@@ -1,12 +1,21 @@
-"""Programming algorithms (PHYSICS.md §3): one-shot statistical and program-and-verify."""
+"""Programming (PHYSICS.md §3): one-shot statistical writes and program-and-verify.
+
+The second stage of the data path (map → **program** → age → read → digital unit): target
+conductances in, programmed conductances out. Gradient-based programming
+(:mod:`pcmjax.chip.gdp`) chooses other targets and then writes them with these.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 from pcmjax import _random
 from pcmjax.config import ChipConfig
+
+WriteMethod = Literal["one_shot", "verify"]
 
 
 def program_conductances(key, g_target, device, cfg: ChipConfig):
@@ -16,14 +25,31 @@ def program_conductances(key, g_target, device, cfg: ChipConfig):
       key: a ``jax.random`` key.
       g_target: ``[cores, 2, rows, cols]`` target conductances, µS.
       device: device model.
-      cfg: chip config (``programming_noise``, ``program``).
+      cfg: chip config (``programming_noise``, ``program``; gradient-based programming
+        writes its targets with ``program.gdp.write``).
 
     Returns:
       programmed conductances, same shape, µS.
     """
+    method = cfg.program.gdp.write if cfg.program.method == "gdp" else cfg.program.method
+    return write(key, g_target, device, cfg, method)
+
+
+def write(key, g_target, device, cfg: ChipConfig, method: WriteMethod):
+    """Write targets with one method: ``"one_shot"`` or ``"verify"`` (program-and-verify).
+
+    Args:
+      key: a ``jax.random`` key.
+      g_target: ``[cores, 2, rows, cols]`` target conductances, µS.
+      device: device model.
+      cfg: chip config (``programming_noise``; ``program`` for program-and-verify).
+      method: the write method.
+
+    Returns:
+      programmed conductances, same shape, µS (the targets when programming is exact).
+    """
     if not cfg.programming_noise:
         return g_target
-    method = cfg.program.gdp.write if cfg.program.method == "gdp" else cfg.program.method
     if method == "one_shot":
         return device.program(key, g_target)
     return program_verify(key, g_target, device, cfg)

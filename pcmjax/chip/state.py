@@ -1,8 +1,15 @@
-"""Chip state: programmed conductances, drift exponents and per-column periphery.
+"""Chip state: the programmed chip as a pytree, and ``program_chip`` composing the stages.
 
-``program_chip`` maps weights onto conductances, programs them, draws the chip
-instance's ADC mismatch and calibrates its digital units; ``ChipState.at_time`` ages the
-state to ``t`` seconds after programming and prepares everything an MVM needs.
+The data path of DESIGN.md, one stage per module, each a pure function::
+
+    map (mapping.py) → program (program.py, gdp.py, faults.py) → age (age.py)
+        → read (read.py) → digital unit (periphery/ldpu.py)
+
+``program_chip`` maps weights onto conductances, programs them, draws the chip instance's
+ADC mismatch, calibrates its digital units and reads the drift-compensation reference;
+``ChipState.at_time`` ages the state to ``t`` seconds after programming and prepares
+everything an MVM (:mod:`pcmjax.chip.mvm`) needs; :func:`apply_faults` draws faults on a
+programmed chip.
 """
 
 from __future__ import annotations
@@ -13,13 +20,21 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from pcmjax._validate import check_key, check_weights
-from pcmjax.chip import compensation
-from pcmjax.config import ChipConfig
-from pcmjax.chip.mapping import weight_scale, weights_to_targets
+from pcmjax import _streams
+from pcmjax._validate import check_bool, check_instance, check_key, check_weights, is_traced
+from pcmjax.chip.age import age, drift_exponents, error_if_negative_time
+from pcmjax.chip.compensation import compensation_factor, reference_read
+from pcmjax.chip.faults import fault_rates, faulty_conductances, program_faults, set_drift_exponent
+from pcmjax.chip.gdp import optimise_targets
+from pcmjax.chip.mapping import map_weights
 from pcmjax.chip.program import program_conductances
+from pcmjax.config import ChipConfig, FaultConfig
 from pcmjax.devices import DeviceModel, HermesPCM
 from pcmjax.devices._base import check_time
+from pcmjax.periphery.adc import sample_adc_mismatch
+from pcmjax.periphery.ldpu import calibrate
+
+__all__ = ["ChipState", "program_chip", "apply_faults"]
 
 
 @struct.dataclass
@@ -74,21 +89,21 @@ class ChipState:
     def cols(self) -> int:
         return self.g_prog.shape[-1]
 
-    def at_time(self, key, t) -> "ChipState":
+    def at_time(self, key, t) -> ChipState:
         """The state ``t`` seconds after programming (drift, accumulated noise, compensation).
 
         Args:
           key: a ``jax.random`` key (accumulated noise and the compensation read).
-          t: seconds since programming, scalar ≥ 0.
+          t: seconds since programming, scalar ≥ 0. A concrete ``t`` is checked here
+            (``ValueError`` for a negative or non-finite time); a traced one (``at_time``
+            inside ``jit``/``vmap``) is checked when the computation runs, and a negative
+            or NaN time then fails the call with a ``JaxRuntimeError`` whose message says
+            ``t must be >= 0 seconds after programming``.
 
         Returns:
           a :class:`ChipState` whose MVMs see the chip at time ``t``.
         """
-        check_key(key)
-        check_time(t)
-        if jnp.ndim(t) != 0:
-            raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape {jnp.shape(t)}.")
-        return _at_time(self, key, jnp.asarray(t, jnp.float32))
+        return _prepare(key, self, _checked_time(key, t))
 
     def conductances(self, key, t, *, effective: bool = False) -> jax.Array:
         """``[C, 2, R, K]`` conductances (µS) at ``t``, with the random numbers of ``at_time(key, t)``.
@@ -96,7 +111,7 @@ class ChipState:
         Args:
           key: a ``jax.random`` key; the same key as ``at_time(key, t)`` gives the same
             devices (drift, accumulated 1/f noise, faults as programmed).
-          t: seconds since programming, scalar ≥ 0.
+          t: seconds since programming, scalar ≥ 0 (checked as in :meth:`at_time`).
           effective: ``False`` (default): the physical conductance of every device at the
             configured temperature (``cfg.temperature``). ``True``: what the MVM sees,
             i.e. also the wire-resistance effective conductances (``cfg.parasitics``,
@@ -106,18 +121,23 @@ class ChipState:
         Returns:
           ``[C, 2, R, K]`` conductances, µS (0 = positive, 1 = negative polarity).
         """
-        check_key(key)
-        check_time(t)
-        if jnp.ndim(t) != 0:
-            raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape "
-                             f"{jnp.shape(t)}.")
-        if not isinstance(effective, bool):
-            raise TypeError(f"effective must be a bool, got {effective!r}.")
-        return _device_conductances(self, key, jnp.asarray(t, jnp.float32), effective)
+        t = _checked_time(key, t)
+        return _device_conductances(key, self, t, check_bool("effective", effective))
 
     def adc_params(self) -> dict:
         return dict(gain=self.adc_gain, offset=self.adc_offset, nonlin=self.adc_nonlin,
                     offset_est=self.adc_offset_est)
+
+
+def _checked_time(key, t):
+    """The public checks of ``(key, t)``; ``t`` as a float32 scalar."""
+    check_key(key)
+    check_time(t)
+    if jnp.ndim(t) != 0:
+        raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape {jnp.shape(t)}.")
+    if is_traced(t):
+        error_if_negative_time(t)
+    return jnp.asarray(t, jnp.float32)
 
 
 def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceModel | None = None) -> ChipState:
@@ -133,42 +153,40 @@ def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceMode
     Returns:
       a :class:`ChipState` at ``t = 0`` (right after programming).
     """
-    cfg = ChipConfig() if cfg is None else cfg
-    if not isinstance(cfg, ChipConfig):
-        raise TypeError(f"cfg must be a ChipConfig, got {type(cfg).__name__}.")
-    device = HermesPCM(num_devices=2) if device is None else device
-    if not isinstance(device, DeviceModel):
-        raise TypeError(f"device must be a pcmjax device model, got {type(device).__name__}.")
     check_key(key)
+    cfg = check_instance("cfg", ChipConfig() if cfg is None else cfg, ChipConfig)
+    device = check_instance("device", HermesPCM(num_devices=2) if device is None else device, DeviceModel)
     weights = check_weights(weights, cfg)
     return _program(key, weights, device, cfg)
+
+
+def _program_devices(key, k_prog, k_nu, g_target, device, cfg):
+    """The programming stage: ``(g_target, g_prog, nu)`` of every device (faults included).
+
+    ``key`` is ``program_chip``'s: the optional effects fold their own named stream into it
+    (:mod:`pcmjax._streams`), so switching one on changes no other random number.
+    """
+    if cfg.program.method == "gdp":  # targets chosen to minimise the MVM error
+        g_target = optimise_targets(jax.random.fold_in(key, _streams.GDP), g_target, device, cfg)
+    g_prog = program_conductances(k_prog, g_target, device, cfg)
+    nu = drift_exponents(k_nu, g_target, device, cfg)
+    if cfg.faults.enabled:  # stuck devices and dead columns (off by default)
+        g_prog, nu = program_faults(jax.random.fold_in(key, _streams.FAULTS), g_prog, nu, device, cfg)
+    return g_target, g_prog, nu
 
 
 @partial(jax.jit, static_argnames=("cfg",))
 def _program(key, weights, device, cfg):
     k_prog, k_nu, k_adc, k_ref = jax.random.split(key, 4)
-    w_max = weight_scale(weights, cfg)
-    g_target = weights_to_targets(weights, w_max, device.g_max)
-    if cfg.program.method == "gdp":  # targets chosen to minimise the MVM error (chip/gdp.py)
-        from pcmjax.chip.gdp import GDP_STREAM, optimise_targets
-
-        g_target = optimise_targets(jax.random.fold_in(key, GDP_STREAM), g_target, device, cfg)
-    g_prog = program_conductances(k_prog, g_target, device, cfg)
-    if cfg.drift:
-        nu = device.drift_exponent(k_nu, g_target)
-    else:
-        nu = jnp.zeros_like(g_target)
-    if cfg.faults.enabled:  # stuck devices and dead columns (off by default)
-        from pcmjax.chip.faults import FAULT_STREAM, program_faults
-
-        g_prog, nu = program_faults(jax.random.fold_in(key, FAULT_STREAM), g_prog, nu, device, cfg)
+    with jax.named_scope("map"):
+        g_target, w_max = map_weights(weights, device.g_max, cfg)
+    with jax.named_scope("program"):
+        g_target, g_prog, nu = _program_devices(key, k_prog, k_nu, g_target, device, cfg)
     n_cores, cols = weights.shape[0], weights.shape[2]
-    from pcmjax.periphery.adc import sample_adc_mismatch
-
-    adc = sample_adc_mismatch(k_adc, cfg.adc, (n_cores, cols))
-    a = cfg.adc.counts_per_unit(cfg.rows)
-    gamma = w_max[:, 0, :] / (a * adc["gain_est"])
-    beta = -gamma * adc["offset_est"] if cfg.read_phases == 1 else jnp.zeros_like(gamma)
+    with jax.named_scope("calibrate"):
+        adc = sample_adc_mismatch(k_adc, cfg.adc, (n_cores, cols))
+        gamma, beta = calibrate(w_max[:, 0, :], adc["gain_est"], adc["offset_est"],
+                                cfg.adc.counts_per_unit(cfg.rows), cfg.read_phases == 1)
     zeros = jnp.zeros((n_cores, cols), jnp.float32)
     state = ChipState(
         cfg=cfg, device=device, g_target=g_target, g_prog=g_prog, nu=nu, w_max=w_max,
@@ -178,71 +196,80 @@ def _program(key, weights, device, cfg):
         comp=jnp.ones_like(zeros),
     )
     # The reference read right after programming, then the prepared state at t = 0.
-    state = state.replace(gdc_ref=_initial_reference(state, k_ref))
-    return _at_time(state, jax.random.fold_in(k_ref, 2), jnp.zeros((), jnp.float32))
+    state = state.replace(gdc_ref=_initial_reference(k_ref, state))
+    return _prepare(jax.random.fold_in(k_ref, 2), state, jnp.zeros((), jnp.float32))
 
 
-def _initial_reference(state: ChipState, key):
+def _aged(key, state: ChipState, t, **kw):
+    """``age`` of the state's devices: ``(g, var)``, ``[C, 2, R, K]`` each."""
+    return age(key, state.g_prog, state.nu, state.g_target, state.device, state.cfg, t, **kw)
+
+
+def _initial_reference(key, state: ChipState):
     """The drift-compensation reference read right after programming, ``[C, K]``."""
-    g0, var0 = _aged(state, jax.random.fold_in(key, 0), jnp.zeros((), jnp.float32))
-    return compensation.reference_read(jax.random.fold_in(key, 1), g0, var0, state.device.g_max,
-                                       state.adc_params(), state.cfg, state.g_target)
-
-
-def _conductances(state: ChipState, key, t):
-    cfg, dev = state.cfg, state.device
-    if cfg.drift_noise:
-        g_target = state.g_target if dev.q_s_from == "target" else None
-        return dev.at_time(key, state.g_prog, state.nu, t, g_target=g_target)
-    return state.g_prog * dev.drift_factor(state.nu, t)
+    with jax.named_scope("reference"):
+        g0, var0 = _aged(jax.random.fold_in(key, 0), state, jnp.zeros((), jnp.float32))
+        return reference_read(jax.random.fold_in(key, 1), g0 / state.device.g_max, var0, state.adc_params(),
+                              state.cfg, state.g_target)
 
 
 @partial(jax.jit, static_argnames=("effective",))
-def _device_conductances(state: ChipState, key, t, effective):
-    k_age, _, _ = jax.random.split(key, 3)  # the split of _at_time
-    g, _ = _aged(state, k_age, t, effective=effective, variance=False)
+def _device_conductances(key, state: ChipState, t, effective):
+    k_age, _, _ = jax.random.split(key, 3)  # the split of _prepare
+    g, _ = _aged(k_age, state, t, effective=effective, variance=False)
     return g
 
 
-def _aged(state: ChipState, key, t, *, effective: bool = True, variance: bool = True):
-    """Conductances at ``t`` and their normalised per-read variance, ``[C, 2, R, K]`` each.
-
-    ``effective=False`` leaves out the wire resistance (the devices' own conductances);
-    ``variance=False`` skips the read-noise variance (zeros are returned).
-    """
-    dev, cfg = state.device, state.cfg
-    g = _conductances(state, key, t)
-    if cfg.read_noise and variance:
-        g_target = state.g_target if dev.q_s_from == "target" else None
-        var = (dev.read_sigma(g, cfg.read_interval_s, g_target=g_target) / dev.g_max) ** 2
-    else:
-        var = jnp.zeros_like(g)
-    if cfg.temperature.enabled:  # away from the reference temperature (chip/temperature.py)
-        from pcmjax.chip import temperature
-
-        g, var = temperature.apply(g, var, state.g_target, state.nu, t, dev.t0, dev.g_max, cfg.temperature)
-    if cfg.parasitics.enabled and effective:  # wire resistance: the array's effective conductances
-        from pcmjax.chip.parasitics import effective_conductances
-
-        g = effective_conductances(g, cfg)
-    return g, var
-
-
 @jax.jit
-def _at_time(state: ChipState, key, t):
+def _prepare(key, state: ChipState, t):
+    """The state at ``t``: aged conductances in the layout of the read, compensation factor."""
     cfg = state.cfg
     k_age, k_ref, _ = jax.random.split(key, 3)
-    g, var = _aged(state, k_age, t)
+    with jax.named_scope("age"):
+        g, var = _aged(k_age, state, t)
+        g_n = g / state.device.g_max
     if cfg.drift_compensation != "none":
-        ref_t = compensation.reference_read(k_ref, g, var, state.device.g_max, state.adc_params(), cfg,
-                                            state.g_target)
-        comp = compensation.compensation_factor(state.gdc_ref, ref_t, cfg.drift_compensation)
+        with jax.named_scope("reference"):
+            ref_t = reference_read(k_ref, g_n, var, state.adc_params(), cfg, state.g_target)
+            comp = compensation_factor(state.gdc_ref, ref_t, cfg.drift_compensation)
     else:
         comp = jnp.ones_like(state.gdc_ref)
-    g_n = g / state.device.g_max
     if cfg.read_phases == 1:
         w = (g_n[:, 0] - g_n[:, 1])[:, None]
         var = (var[:, 0] + var[:, 1])[:, None]
     else:
         w = g_n
     return state.replace(t=t, w=w, var=var, comp=comp)
+
+
+def apply_faults(key, state: ChipState, faults: FaultConfig) -> ChipState:
+    """Faults drawn on a programmed chip; the drift-compensation reference is re-read.
+
+    The faults are taken to exist from programming on: the programmed conductances and
+    drift exponents are replaced (:mod:`pcmjax.chip.faults`), the compensation reference
+    is read again at ``t = 0`` and the state is prepared again at its time ``state.t``.
+
+    Args:
+      key: a ``jax.random`` key (one fault pattern per key).
+      state: a :class:`ChipState` (one instance; ``jax.vmap`` for more).
+      faults: a :class:`~pcmjax.FaultConfig`; its rates may be traced arrays, so
+        ``jax.vmap(lambda r: apply_faults(k, state, FaultConfig(stuck_set=r)))(rates)``
+        sweeps a rate in one compilation.
+
+    Returns:
+      a :class:`ChipState` with faults.
+    """
+    check_key(key)
+    check_instance("state", state, ChipState)
+    check_instance("faults", faults, FaultConfig)
+    return _apply_faults(key, state, *fault_rates(faults))
+
+
+@jax.jit
+def _apply_faults(key, state, stuck_set, stuck_reset, dead_columns):
+    k_f, k_ref, k_t = jax.random.split(key, 3)
+    dev, cfg = state.device, state.cfg
+    g, nu = faulty_conductances(k_f, state.g_prog, state.nu, dev.g_max, int(dev.num_devices),
+                                set_drift_exponent(dev, cfg.drift), stuck_set, stuck_reset, dead_columns)
+    state = state.replace(g_prog=g, nu=nu)
+    return _prepare(k_t, state.replace(gdc_ref=_initial_reference(k_ref, state)), state.t)

@@ -21,8 +21,6 @@ regulator, so in the linear range it is a constant that the digital unit's β re
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 

@@ -7,8 +7,6 @@ An input ``x ∈ [−1, 1]`` becomes a read pulse of ``|q|`` time units with
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 
 from pcmjax._ste import quantize_symmetric

@@ -1,0 +1,97 @@
+"""Ageing: the conductance of every device ``t`` seconds after programming (PHYSICS.md §2).
+
+The third stage of the data path (map → program → **age** → read → digital unit). One
+function serves the chip (:meth:`~pcmjax.ChipState.at_time`, the compensation reference
+read at programming) and gradient-based programming's model of the chip
+(:mod:`pcmjax.chip.gdp`), so the two always age devices the same way:
+
+1. drift and accumulated 1/f noise of the device model (``drift``, ``drift_noise``);
+2. the per-read noise variance of the aged state (``read_noise``), normalised by ``g_max²``;
+3. the operating temperature (:mod:`pcmjax.chip.temperature`), when configured;
+4. the wire resistance of the array (:mod:`pcmjax.chip.parasitics`), when configured:
+   what the MVM sees are the array's effective conductances.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pcmjax.chip import parasitics, temperature
+from pcmjax.config import ChipConfig
+
+
+def drift_exponents(key, g_target, device, cfg: ChipConfig):
+    """Drift exponent ν of every device, drawn once when it is programmed.
+
+    Args:
+      key: a ``jax.random`` key.
+      g_target: ``[..., 2, R, K]`` target conductances, µS.
+      device: device model.
+      cfg: chip config (``drift``).
+
+    Returns:
+      exponents of the shape of ``g_target`` (zeros when drift is off).
+    """
+    if not cfg.drift:
+        return jnp.zeros_like(g_target)
+    return device.drift_exponent(key, g_target)
+
+
+def age(key, g_prog, nu, g_target, device, cfg: ChipConfig, t, *, effective: bool = True,
+        variance: bool = True):
+    """Conductances at ``t`` and their normalised per-read variance.
+
+    Args:
+      key: a ``jax.random`` key (accumulated 1/f noise).
+      g_prog: ``[C, 2, R, K]`` programmed conductances, µS.
+      nu: drift exponents, same shape.
+      g_target: target conductances, same shape, µS (state-dependent noise and
+        temperature coefficients).
+      device: device model.
+      cfg: chip config.
+      t: seconds since programming, scalar ≥ 0.
+      effective: include the wire resistance (the conductances the MVM sees); ``False``
+        gives the devices' own conductances.
+      variance: compute the per-read variance (``False``: zeros).
+
+    Returns:
+      ``(g, var)``: ``[C, 2, R, K]`` conductances (µS) and per-read variances
+      (normalised by ``g_max²``).
+    """
+    gt_noise = g_target if device.q_s_from == "target" else None
+    if cfg.drift_noise:
+        g = device.at_time(key, g_prog, nu, t, g_target=gt_noise)
+    else:
+        g = g_prog * device.drift_factor(nu, t)
+    if cfg.read_noise and variance:
+        var = (device.read_sigma(g, cfg.read_interval_s, g_target=gt_noise) / device.g_max) ** 2
+    else:
+        var = jnp.zeros_like(g)
+    if cfg.temperature.enabled:  # away from the reference temperature
+        g, var = temperature.apply(g, var, g_target, nu, t, device.t0, device.g_max, cfg.temperature)
+    if effective and parasitics.enabled(cfg):  # wire resistance: the array's effective conductances
+        g = parasitics.effective_conductances(g, cfg)
+    return g, var
+
+
+def _raise_if_negative(t):
+    t = np.asarray(t)
+    bad = ~(t >= 0)  # NaN is bad too
+    if np.any(bad):
+        raise ValueError(f"t must be >= 0 seconds after programming, got {t[bad].ravel()[0]!r}.")
+
+
+def error_if_negative_time(t):
+    """Check a traced time when the computation runs (the error-if pattern).
+
+    A concrete ``t`` is checked before tracing (``devices._base.check_time``); a traced
+    one (``at_time`` inside a user's ``jit`` or ``vmap``) only has values when the
+    compiled code runs, so a host callback checks it then and raises: the call fails with
+    a ``JaxRuntimeError`` whose message holds ``t must be >= 0 seconds after programming``.
+
+    Args:
+      t: seconds since programming (any shape, traced).
+    """
+    jax.debug.callback(_raise_if_negative, t)

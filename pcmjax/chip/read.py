@@ -1,0 +1,121 @@
+"""The read: PWM input charge on the bit lines, per-read noise, CCO ADC (PHYSICS.md §2.4, §4).
+
+The fourth stage of the data path (map → program → age → **read** → digital unit), and
+the only place a conversion is written. :func:`make_read` builds, from a chip config, a
+pure function ``read(key, x, w, var, adc) -> counts`` (jax-md style: the config is bound
+once, the pipeline composes the function). One conversion of a column ``k`` is
+
+    s_k     = Σ_i q_i w_ik                                  (PWM charge, q = pwm(x))
+    u_k     = a (1 + δ_k) s_k + o_k + n_k                    (oscillator input, counts)
+    count_k = adc(u_k)                                       (rounding, saturation, b_k)
+
+with ``n_k`` Gaussian of variance ``σ_ADC² + a²(1 + δ_k)² Σ_i q_i² σ_ik²``: the per-read
+conductance noise of every device (variance ``σ_ik²``, §2.4) and the ADC's own noise,
+sampled once per conversion from the counter-based normals of :mod:`pcmjax._random`.
+The second contraction of ``q²`` against the variances costs one more ``einsum``; it is
+skipped when the chip has no per-read noise.
+
+Three reads are made of it:
+
+* ``"one_phase"``: signed inputs against signed weights ``w = (G⁺ − G⁻)/g_max``, one
+  conversion (HERMES default); positive and negative inputs see the gains ``1 ± α``
+  (``polarity_asymmetry``).
+* ``"four_phase"``: each input sign against each device polarity, four conversions whose
+  counts are combined with signs (§4.2b): offsets cancel, the ADC noise adds four times.
+* ``"reference"``: the drift-compensation reference read (§5): a non-negative input
+  against each device polarity in its own conversion; the offset-corrected counts of the
+  two are summed (the column's total conductance, in counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, get_args
+
+import jax.numpy as jnp
+import numpy as np
+
+from pcmjax import _random
+from pcmjax._validate import check_choice
+from pcmjax.config import ChipConfig
+from pcmjax.periphery.adc import adc_transfer
+from pcmjax.periphery.pwm import pwm_encode
+
+# The MVM reads of ``ChipConfig.read_phases`` (pcmjax.config.ReadMode) and the reference read.
+ReadKind = Literal["one_phase", "four_phase", "reference"]
+READ_KINDS = get_args(ReadKind)
+Read = Callable[..., "jnp.ndarray"]
+
+# Signs of the four conversions of a four-phase read: (input sign) × (device polarity).
+_SIGNS = np.array([[1.0, -1.0], [-1.0, 1.0]], np.float32)  # NumPy: importing must not start a JAX backend
+
+
+def make_read(cfg: ChipConfig, kind: ReadKind | None = None) -> Read:
+    """The read of a chip config: ``read(key, x, w, var, adc) -> counts``.
+
+    Args:
+      cfg: chip config (PWM, ADC, per-read noise, polarity asymmetry).
+      kind: ``"one_phase"``, ``"four_phase"`` or ``"reference"``; default: the MVM read of
+        ``cfg.read_phases``.
+
+    Returns:
+      ``read(key, x, w, var, adc)``, a pure function (jit-, vmap- and grad-able) of
+
+      * ``key``: a ``jax.random`` key (per-read and ADC noise);
+      * ``x``: ``[C, B, R]`` inputs in [−1, 1] (PWM-encoded here; non-negative for
+        ``"reference"``);
+      * ``w``: ``[C, P, R, K]`` conductances normalised by ``g_max``: ``P = 1`` signed
+        weights (``"one_phase"``), ``P = 2`` the positive and negative polarity;
+      * ``var``: per-read variances of ``w``, same shape;
+      * ``adc``: per-column ADC parameters ``[C, K]`` (``gain``, ``offset``, ``nonlin``,
+        and ``offset_est`` for ``"reference"``), as ``ChipState.adc_params()``;
+
+      returning ``[C, B, K]`` counts (signed for the MVM reads; offset-corrected total
+      over both polarities for ``"reference"``).
+    """
+    kind = {1: "one_phase", 4: "four_phase"}[cfg.read_phases] if kind is None else kind
+    check_choice("kind", kind, READ_KINDS)
+    convert = _make_convert(cfg)
+
+    def one_phase(key, x, w, var, adc):
+        q = pwm_encode(x, cfg.pwm)
+        if cfg.polarity_asymmetry > 0:
+            q = q * (1.0 + cfg.polarity_asymmetry * jnp.sign(q))
+        return convert(key, "cbr,crk->cbk", q, w[:, 0], var[:, 0], adc)
+
+    def four_phase(key, x, w, var, adc):
+        q = pwm_encode(x, cfg.pwm)
+        qs = jnp.stack([jnp.maximum(q, 0.0), jnp.maximum(-q, 0.0)], axis=1)  # [C, 2, B, R]
+        c4 = convert(key, "cpbr,cqrk->cpqbk", qs, w, var, adc)
+        return jnp.einsum("cpqbk,pq->cbk", c4, _SIGNS)
+
+    def reference(key, x, w, var, adc):
+        q = pwm_encode(x, cfg.pwm)
+        c2 = convert(key, "cbr,cqrk->cqbk", q, w, var, adc)  # [C, 2, B, K]
+        return jnp.sum(c2 - _per_column(adc["offset_est"], c2.ndim), axis=1)
+
+    return {"one_phase": one_phase, "four_phase": four_phase, "reference": reference}[kind]
+
+
+def _per_column(v, ndim: int):
+    """``[C, K]`` per-column parameters broadcast against ``ndim``-dimensional conversions."""
+    return v.reshape(v.shape[:1] + (1,) * (ndim - 2) + v.shape[-1:])
+
+
+def _make_convert(cfg: ChipConfig):
+    """ADC conversions of the charges of ``einsum(spec, q, w)``, one per output element."""
+    a = cfg.adc.counts_per_unit(cfg.rows)
+    need_noise = cfg.read_noise or cfg.adc.noise_std > 0
+
+    def convert(key, spec, q, w, var, adc):
+        s = jnp.einsum(spec, q, w)
+        gain = _per_column(a * adc["gain"], s.ndim)
+        u = gain * s + _per_column(adc["offset"], s.ndim)
+        if need_noise:
+            var_counts = jnp.zeros_like(s) + cfg.adc.noise_std**2
+            if cfg.read_noise:
+                var_counts = var_counts + gain**2 * jnp.einsum(spec, q * q, var)
+            u = u + jnp.sqrt(var_counts) * _random.normal(key, s.shape)
+        return adc_transfer(u, _per_column(adc["nonlin"], s.ndim), cfg.adc)
+
+    return convert
