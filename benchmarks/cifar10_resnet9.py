@@ -34,13 +34,14 @@ from pcmjax import nn as pnn
 from pcmjax.data import load_cifar10, write_synthetic_cifar10
 
 
-def augment(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+def augment(key, x: np.ndarray) -> np.ndarray:
     """Random 32×32 crops of the 4-pixel reflect-padded images and random horizontal flips."""
     n, h, w, _ = x.shape
+    k_y, k_x, k_f = jax.random.split(key, 3)
+    dy, dx = np.asarray(jax.random.randint(k_y, (n,), 0, 9)), np.asarray(jax.random.randint(k_x, (n,), 0, 9))
+    flip = np.asarray(jax.random.bernoulli(k_f, 0.5, (n,)))
     padded = np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
-    dy, dx = rng.integers(0, 9, n), rng.integers(0, 9, n)
     out = np.stack([padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-    flip = rng.random(n) < 0.5
     out[flip] = out[flip, :, ::-1]
     return out
 
@@ -90,7 +91,8 @@ def main(argv=None):
     p.add_argument("--data", default=None, help="folder of the CIFAR-10 python batches (default: $PCMJAX_CIFAR10)")
     p.add_argument("--synthetic", action="store_true", help="CI smoke test on a tiny synthetic folder")
     p.add_argument("--widths", default="56,112,224,224",
-                   help="ResNet-9 channels: prep,layer1,layer2,layer3 (default: HERMES's 1,866,536 weights on 40 cores)")
+                   help="ResNet-9 channels: prep,layer1,layer2,layer3 "
+                        "(default: HERMES's 1,866,536 weights on 40 cores)")
     p.add_argument("--epochs", type=int, default=30, help="float training epochs")
     p.add_argument("--hwa-epochs", type=int, default=10, help="hardware-aware fine-tuning epochs")
     p.add_argument("--batch-size", type=int, default=256)
@@ -124,14 +126,14 @@ def main(argv=None):
         f"{data.x_test.shape[0]} test images; JAX backend: {jax.default_backend()}")
 
     model = pnn.ResNet9(data.num_classes, widths, rngs=nnx.Rngs(args.seed))
-    h = pnn.train(model, data.x_train, data.y_train, epochs=args.epochs, batch_size=args.batch_size,
-                  learning_rate=args.lr, weight_decay=5e-4, seed=args.seed, augment=augment)
+    h = pnn.train(jax.random.key(args.seed), model, data.x_train, data.y_train, epochs=args.epochs,
+                  batch_size=args.batch_size, learning_rate=args.lr, weight_decay=5e-4, augment=augment)
     acc_float = pnn.accuracy(model, data.x_test, data.y_test, mode="digital", batch_size=args.eval_batch)
     log(f"float training: {h['seconds']:.0f} s, test accuracy {100 * acc_float:.2f} %")
     hwa_model = nnx.clone(model)
-    h = pnn.train(hwa_model, data.x_train, data.y_train, mode="hwa", hwa=pnn.HWAConfig(), epochs=args.hwa_epochs,
-                  batch_size=args.batch_size, learning_rate=args.lr / 4, weight_decay=5e-4, seed=args.seed + 1,
-                  augment=augment)
+    h = pnn.train(jax.random.key(args.seed + 1), hwa_model, data.x_train, data.y_train, mode="hwa",
+                  hwa=pnn.HWAConfig(), epochs=args.hwa_epochs, batch_size=args.batch_size, learning_rate=args.lr / 4,
+                  weight_decay=5e-4, augment=augment)
     acc_hwa = pnn.accuracy(hwa_model, data.x_test, data.y_test, mode="digital", batch_size=args.eval_batch)
     log(f"HWA fine-tuning: {h['seconds']:.0f} s, digital test accuracy {100 * acc_hwa:.2f} %")
 

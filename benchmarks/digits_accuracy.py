@@ -53,13 +53,13 @@ def build(kind: str, seed: int):
 
 def train_models(kind, data, args, log):
     model = build(kind, args.seed)
-    h = pnn.train(model, data.x_train, data.y_train, mode="digital", epochs=args.epochs, batch_size=64,
-                  learning_rate=2e-3, seed=args.seed)
+    h = pnn.train(jax.random.key(args.seed), model, data.x_train, data.y_train, mode="digital", epochs=args.epochs,
+                  batch_size=64, learning_rate=2e-3)
     acc_f = pnn.accuracy(model, data.x_test, data.y_test, mode="digital")
     log(f"[{kind}] float training: {h['seconds']:.1f} s, test accuracy {100 * acc_f:.2f} %")
     hwa_model = nnx.clone(model)
-    h = pnn.train(hwa_model, data.x_train, data.y_train, mode="hwa", hwa=pnn.HWAConfig(), epochs=args.hwa_epochs,
-                  batch_size=64, learning_rate=1e-3, seed=args.seed + 1)
+    h = pnn.train(jax.random.key(args.seed + 1), hwa_model, data.x_train, data.y_train, mode="hwa",
+                  hwa=pnn.HWAConfig(), epochs=args.hwa_epochs, batch_size=64, learning_rate=1e-3)
     acc_h = pnn.accuracy(hwa_model, data.x_test, data.y_test, mode="digital")
     log(f"[{kind}] HWA fine-tuning: {h['seconds']:.1f} s, digital test accuracy {100 * acc_h:.2f} %")
     return model, hwa_model, acc_f

@@ -42,7 +42,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+from pcmjax._validate import check_choice, check_float, check_int
+
+ReadPhases = Literal[1, 4]
 
 # --- Published figures (Le Gallo et al., Nat. Electron. 6, 680 (2023)) ------------------
 HERMES_CORES = 64
@@ -75,17 +80,12 @@ TABLE_I = {
 SOURCE = "Le Gallo et al., Nat. Electron. 6, 680 (2023), Table I"
 
 
-def _check_phases(read_phases):
-    if read_phases not in (1, 4) or isinstance(read_phases, bool):
-        raise ValueError(f"read_phases must be 1 or 4, got {read_phases!r}.")
+def _check_phases(read_phases) -> ReadPhases:
+    check_int("read_phases", read_phases)
+    return check_choice("read_phases", read_phases, (1, 4))
 
 
-def _check_count(name, v, lo=0):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= lo) or v != v or v == float("inf"):
-        raise ValueError(f"{name} must be a finite number >= {lo}, got {v!r}.")
-
-
-def mvm_latency_ns(read_phases: int = 4) -> float:
+def mvm_latency_ns(read_phases: ReadPhases = 4) -> float:
     """Latency of one MVM (all cores in parallel), ns: 133 (one-phase) or 520 (four-phase).
 
     References:
@@ -95,7 +95,7 @@ def mvm_latency_ns(read_phases: int = 4) -> float:
     return _TABLE_I_MVM[read_phases][0]
 
 
-def core_mvm_energy_uj(read_phases: int = 4) -> float:
+def core_mvm_energy_uj(read_phases: ReadPhases = 4) -> float:
     """Energy of one MVM on one core, µJ: the 64-core chip's MVM energy over 64.
 
     References:
@@ -105,7 +105,7 @@ def core_mvm_energy_uj(read_phases: int = 4) -> float:
     return _TABLE_I_MVM[read_phases][1] / HERMES_CORES
 
 
-def mvm_cost(cores_used: float, utilisation: float = 1.0, read_phases: int = 4, mvms: float = 1.0,
+def mvm_cost(cores_used: float, utilisation: float = 1.0, read_phases: ReadPhases = 4, mvms: float = 1.0,
              energy_overhead: float = 1.0) -> dict:
     """Cost of ``mvms`` consecutive MVMs on ``cores_used`` cores running in parallel.
 
@@ -121,11 +121,10 @@ def mvm_cost(cores_used: float, utilisation: float = 1.0, read_phases: int = 4, 
       ``tops``, ``tops_per_w`` and ``tops_per_mm2`` (per MVM area of the cores used).
     """
     _check_phases(read_phases)
-    _check_count("cores_used", cores_used)
-    _check_count("mvms", mvms)
-    if not (isinstance(utilisation, (int, float)) and 0 < utilisation <= 1):
-        raise ValueError(f"utilisation must be in (0, 1], got {utilisation!r}.")
-    _check_count("energy_overhead", energy_overhead, 1e-12)
+    check_float("cores_used", cores_used, 0.0)
+    check_float("mvms", mvms, 0.0)
+    check_float("utilisation", utilisation, 0.0, 1.0, lo_open=True)
+    check_float("energy_overhead", energy_overhead, 0.0, lo_open=True)
     latency = mvms * mvm_latency_ns(read_phases)
     energy = mvms * cores_used * core_mvm_energy_uj(read_phases) * energy_overhead
     ops = 2.0 * HERMES_ROWS * HERMES_COLS * cores_used * utilisation * mvms
@@ -163,14 +162,12 @@ class LayerCost:
 
     def __post_init__(self):
         for n in ("rows", "cols"):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"LayerCost {self.name!r}: {n} must be a positive integer, got {v!r}.")
-        _check_count(f"LayerCost {self.name!r}: mvms", self.mvms)
+            check_int(f"LayerCost {self.name!r}: {n}", getattr(self, n), 1)
+        check_float(f"LayerCost {self.name!r}: mvms", self.mvms, 0.0)
         if self.tiles is None:
             object.__setattr__(self, "tiles", math.ceil(self.rows / HERMES_ROWS) * math.ceil(self.cols / HERMES_COLS))
-        elif isinstance(self.tiles, bool) or not isinstance(self.tiles, int) or self.tiles < 1:
-            raise ValueError(f"LayerCost {self.name!r}: tiles must be a positive integer, got {self.tiles!r}.")
+        else:
+            check_int(f"LayerCost {self.name!r}: tiles", self.tiles, 1)
 
     @property
     def weights(self) -> int:
@@ -204,7 +201,8 @@ def from_layout(layout, mvms: Mapping[str, float] | None = None) -> list[LayerCo
     Args:
       layout: an object whose ``layers`` each have ``name``, ``shape = (rows, cols)``
         and ``n_tiles``.
-      mvms: MVMs per inference by layer name (default 1 for every layer: dense layers).
+      mvms: MVMs per inference by layer name (default 1 for every layer: dense layers);
+        :func:`pcmjax.nn.layer_mvms` counts them for a ``pcmjax.nn`` network.
 
     Returns:
       a list of :class:`LayerCost`.
@@ -215,59 +213,6 @@ def from_layout(layout, mvms: Mapping[str, float] | None = None) -> list[LayerCo
         rows, cols = (int(s) for s in lp.shape)
         out.append(LayerCost(str(lp.name), rows, cols, float(mvms.get(lp.name, 1.0)), int(lp.n_tiles)))
     return out
-
-
-class _RowCounter(dict):
-    """An outputs dict for ``pcmjax.nn``'s recorder that adds up the rows of every call."""
-
-    def __setitem__(self, index, y):
-        rows = math.prod(int(d) for d in y.shape[:-1])
-        super().__setitem__(index, self.get(index, 0) + rows)
-
-
-def layer_mvms(model, layout, input_shape) -> dict[str, float]:
-    """MVMs per inference of every analog layer of a ``pcmjax.nn`` network.
-
-    The network's digital forward pass is traced abstractly (``jax.eval_shape``: nothing
-    is computed) on one example of shape ``input_shape``, and every analog layer's output
-    viewed as the 2-D ``[rows, out]`` array its crossbars produce is counted: one MVM per
-    row. A dense layer gives 1, a convolution its number of output pixels, a layer called
-    several times (in a Python loop) the sum over its calls.
-
-    Args:
-      model: an ``nnx.Module`` with ``pcmjax.nn.AnalogLinear`` / ``AnalogConv`` layers.
-      layout: its ``pcmjax.nn.plan`` (the layer names are taken from it).
-      input_shape: shape of one example, without the batch axis (``(64,)`` for the digits
-        MLP, ``(8, 8, 1)`` for 8×8 one-channel images).
-
-    Returns:
-      ``{layer name: MVMs per inference}``, for :func:`from_layout`.
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from pcmjax.nn import _context
-    from pcmjax.nn.deploy import inference_view
-    from pcmjax.nn.layers import analog_layers
-
-    net = inference_view(model)  # numbered as the layout, frozen statistics, no dropout
-    layers = analog_layers(net)
-    if len(layers) != len(layout.layers):
-        raise ValueError(f"layout has {len(layout.layers)} layers but the model has {len(layers)} analog layers; "
-                         "plan the layout from this model.")
-    for _, layer in layers:
-        layer.mode = "digital"
-    graphdef, state = nnx.split(net)
-    counts = _RowCounter()
-
-    def forward(state, x):
-        with _context.use(_context.ChipContext(layout=layout, outputs=counts)):
-            return nnx.merge(graphdef, state)(x)
-
-    shape = tuple(int(d) for d in input_shape)
-    jax.eval_shape(forward, state, jax.ShapeDtypeStruct((1, *shape), jnp.float32))
-    return {lp.name: float(counts.get(i, 0)) for i, lp in enumerate(layout.layers)}
 
 
 def _as_layers(layers) -> list[LayerCost]:
@@ -287,7 +232,7 @@ def _as_layers(layers) -> list[LayerCost]:
     return out
 
 
-def network_cost(layers: Iterable, read_phases: int = 4, *, cores_per_chip: int = HERMES_CORES,
+def network_cost(layers: Iterable, read_phases: ReadPhases = 4, *, cores_per_chip: int = HERMES_CORES,
                  energy_overhead: float = 1.0) -> dict:
     """Per-inference cost of a network whose layers sit on their own cores.
 
@@ -336,7 +281,7 @@ def network_cost(layers: Iterable, read_phases: int = 4, *, cores_per_chip: int 
     return total
 
 
-def report(layers, read_phases: int = 4, *, accuracy: Mapping[str, float] | str | None = None,
+def report(layers, read_phases: ReadPhases = 4, *, accuracy: Mapping[str, float] | str | None = None,
            title: str | None = None, energy_overhead: float = 1.0, per_layer: bool = True,
            cores_per_chip: int = HERMES_CORES) -> str:
     """A plain-text cost report of a deployed network (for ``pcmjax info --network``).
@@ -379,7 +324,8 @@ def report(layers, read_phases: int = 4, *, accuracy: Mapping[str, float] | str 
         if isinstance(accuracy, str):
             lines.append(f"  accuracy             {accuracy}")
         else:
-            acc = ", ".join(f"{k} {v:.2%}" if isinstance(v, float) and v <= 1 else f"{k} {v}" for k, v in accuracy.items())
+            acc = ", ".join(f"{k} {v:.2%}" if isinstance(v, float) and v <= 1 else f"{k} {v}"
+                            for k, v in accuracy.items())
             lines.append(f"  accuracy             {acc}")
     lines.append(f"  (estimates from {SOURCE}; arrays and ADCs only"
                  f"{'' if energy_overhead == 1.0 else f', energy ×{energy_overhead:g}'})")

@@ -83,7 +83,7 @@ def test_from_layout_duck_typed():
         layers = (LP("a", (300, 100), 2), LP("b", (100, 10), 1))
 
     ls = cost.from_layout(Layout(), mvms={"a": 4})
-    assert [(l.name, l.tiles, l.mvms) for l in ls] == [("a", 2, 4.0), ("b", 1, 1.0)]
+    assert [(lc.name, lc.tiles, lc.mvms) for lc in ls] == [("a", 2, 4.0), ("b", 1, 1.0)]
     text = cost.report(Layout(), read_phases=4, accuracy={"software": 0.95, "chip": 0.93}, title="net")
     assert text.splitlines()[0] == "net"
     for needle in ("cores used           3", "TOPS/W", "µJ per inference", "software 95.00%", "Table I"):
@@ -122,7 +122,7 @@ def test_layer_mvms_counts_output_rows_of_every_call():
 
     net = Net(nnx.Rngs(0))
     layout = pnn.plan(net, pj.ChipConfig())
-    assert cost.layer_mvms(net, layout, (7, 6)) == {"a": 14.0, "c": 4.0}
+    assert pnn.layer_mvms(net, layout, (7, 6)) == {"a": 14.0, "c": 4.0}
     assert net.a.chip_index is None  # counted on a clone: the model itself is untouched
     with pytest.raises(ValueError, match="layout has 2 layers but the model has 1"):
-        cost.layer_mvms(pnn.MLP(6, (), 3, rngs=nnx.Rngs(0)), layout, (6,))
+        pnn.layer_mvms(pnn.MLP(6, (), 3, rngs=nnx.Rngs(0)), layout, (6,))

@@ -21,6 +21,7 @@ from jax.test_util import check_grads
 from scipy import stats
 
 from pcmjax.devices import HermesPCM, PCMLike, StateIndependent, load, save
+from pcmjax.devices._base import standard_normal
 
 Z = 5.0  # tolerance in standard errors
 N = 200_000  # samples per condition
@@ -272,10 +273,31 @@ def test_drift_exponent_folded_normal(family):
     assert_moments(nu, *folded_normal_moments(mu, sigma), label=f"{family} nu")
 
 
-def test_drift_exponent_piecewise_sides_differ():
-    """Sanity of the chosen points: the two sides of the HERMES μ_ν threshold differ."""
-    mu, _ = hermes_ref(1).nu_moments(f32([0.09, 0.1]) * 10.35)
-    assert mu[0] > mu[1]
+def test_drift_exponent_switches_law_at_the_hermes_threshold():
+    """HERMES μ_ν is clip(−0.0387 ln g_r − 0.0182, 0.072, 0.13) below g_r = 0.0945 and a
+    quadratic above: the model's mean ν (σ_ν ≪ μ_ν, so the fold is negligible) just below
+    and just above the threshold are the two published values, 0.073138 and 0.072018
+    (worked out by hand from PHYSICS.md §2.1), resolved by the sample."""
+    model = HermesPCM(num_devices=1)
+    g_r = np.asarray([0.0945 * (1 - 1e-3), 0.0945 * (1 + 1e-3)])
+    expected_mu = np.asarray([0.073138, 0.072018])  # −0.0387 ln(0.0944055) − 0.0182; 0.0736 − 0.0126 g − 0.0436 g²
+    nu = np.asarray(model.drift_exponent(jax.random.PRNGKey(13), rows(f32(g_r * 10.35))), np.float64)
+    sigma = np.clip(-0.0120 * np.log(g_r) - 0.0023, 0.0124, 0.04)  # below 0.3039: the log branch
+    m, v = folded_normal_moments(expected_mu, sigma)
+    assert_moments(nu, m, v, label="hermes1 nu at the threshold")
+    assert nu[0].mean() - nu[1].mean() > Z * np.sqrt((v[0] + v[1]) / N)  # the step is resolved
+
+
+def test_reparameterised_laws_equal_the_sampling_methods():
+    """``*_from_normal`` with the standard normals a key draws gives what the keyed methods give."""
+    model = HermesPCM(num_devices=2)
+    g_t = jnp.linspace(0.0, 1.1 * float(model.g_max), 64)
+    k = jax.random.PRNGKey(14)
+    xi = standard_normal(k, g_t.shape)
+    np.testing.assert_array_equal(model.program(k, g_t), model.program_from_normal(g_t, xi))
+    np.testing.assert_array_equal(model.drift_exponent(k, g_t), model.drift_exponent_from_normal(g_t, xi))
+    nu = jnp.full(g_t.shape, 0.06)
+    np.testing.assert_array_equal(model.at_time(k, g_t, nu, 3600.0), model.at_time_from_normal(g_t, nu, 3600.0, xi))
 
 
 # ---------------------------------------------------------------------------------------

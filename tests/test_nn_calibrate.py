@@ -43,19 +43,20 @@ def test_gradients_reach_every_calibration_parameter(aged):
         assert float(jnp.max(jnp.abs(g))) > 0, path
 
 
-def test_calibration_lowers_its_loss(aged):
+def test_calibration_lowers_the_loss_on_held_out_data(aged):
     dep, x = aged
     key = jax.random.key(5)
-    before = float(pnn.calibration_loss(dep, key, x))
+    held_out = jax.random.uniform(jax.random.key(8), (256, 20), minval=-1, maxval=1)  # not seen by calibrate
+    before = float(pnn.calibration_loss(dep, key, held_out))
     cal = pnn.calibrate(dep, jax.random.key(6), x, steps=60, learning_rate=2e-2, batch_size=32)
-    after = float(pnn.calibration_loss(cal, key, x))
+    after = float(pnn.calibration_loss(cal, key, held_out))
     losses = np.asarray(cal.calibration_losses)
     assert losses.shape == (60,) and np.all(np.isfinite(losses))
-    assert after < 0.7 * before
+    assert after < 0.5 * before, (after, before)  # measured: 0.28 → 0.06
     assert np.mean(losses[-10:]) < np.mean(losses[:5])
     assert cal.t == pytest.approx(dep.t)  # no t given: calibrated at the model's own time
     # The identity calibration changes nothing.
-    y0 = dep(x, key)
+    y0 = dep(key, x)
     y1 = dep.apply(dep.state, pnn.identity_calibration(dep.layout), key, x)
     np.testing.assert_allclose(y0, y1)
 

@@ -1,5 +1,6 @@
 """The networks of pcmjax.nn and the training loop."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,9 +36,9 @@ def test_train_and_accuracy_on_a_separable_problem():
     x = rng.normal(size=(256, 8)).astype(np.float32)
     y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
     model = pnn.MLP(8, (16,), 2, rngs=nnx.Rngs(0))
-    hist = pnn.train(model, x, y, epochs=8, batch_size=32, learning_rate=1e-2, x_val=x, y_val=y)
+    hist = pnn.train(jax.random.key(0), model, x, y, epochs=8, batch_size=32, learning_rate=1e-2, x_val=x, y_val=y)
     assert len(hist["loss"]) == 8 and hist["loss"][-1] < hist["loss"][0]
     assert pnn.accuracy(model, x, y) > 0.9
     assert float(model.layers[0].input_scale[...]) > 0  # input ranges were tracked
     with pytest.raises(ValueError, match="mode"):
-        pnn.train(model, x, y, mode="chip")
+        pnn.train(jax.random.key(0), model, x, y, mode="chip")

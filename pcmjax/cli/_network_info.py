@@ -10,7 +10,7 @@ from pcmjax import cost
 from pcmjax.montecarlo import load_results
 from pcmjax.montecarlo.checkpoints import default_network, default_network_path, load_network, params_fingerprint
 from pcmjax.montecarlo.store import RunFolder
-from pcmjax.nn import plan
+from pcmjax.nn import layer_mvms, plan
 
 DEFAULT_RESULTS = "pcmjax-results"
 
@@ -102,7 +102,7 @@ def _placement(model, cfg, arch: dict):
     tiles = plan(model, cfg, n_chips=1 << 20).n_tiles
     n_chips = max(1, -(-tiles // cfg.n_cores))
     layout = plan(model, cfg, n_chips=n_chips)
-    mvms = cost.layer_mvms(model, layout, shape)
+    mvms = layer_mvms(model, layout, shape)
     layers = cost.from_layout(layout, mvms)
     costs = cost.network_cost(layers, cfg.read_phases, cores_per_chip=cfg.n_cores)
     return layout, n_chips, mvms, layers, costs, shape

@@ -22,10 +22,10 @@ import copyreg
 import os
 import pathlib
 import pickle
-from typing import Optional, Union
 
 import numpy as np
 
+from pcmjax._validate import check_bool, check_int
 from pcmjax.data.digits import Dataset
 
 ENV_VAR = "PCMJAX_CIFAR10"
@@ -51,7 +51,7 @@ _SOURCE_HINT = (
     f"path=... or set the {ENV_VAR} environment variable."
 )
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Globals a CIFAR-10 batch may reference, mapped to the objects that rebuild them.
 _ALLOWED_GLOBALS = {
@@ -92,7 +92,7 @@ def _get(d: dict, key: str):
     return d.get(key)
 
 
-def _resolve_dir(path: Optional[PathLike]) -> pathlib.Path:
+def _resolve_dir(path: PathLike | None) -> pathlib.Path:
     """Finds the folder holding the batch files from ``path`` or ``$PCMJAX_CIFAR10``."""
     if path is None:
         env = os.environ.get(ENV_VAR)
@@ -173,15 +173,15 @@ def _read_batch(file: pathlib.Path, num_classes: int):
     return data, labels.astype(np.int32)
 
 
-def _load_split(folder: pathlib.Path, files, limit: Optional[int], num_classes: int):
+def _load_split(folder: pathlib.Path, files, limit: int | None, num_classes: int):
     """Concatenates batches (reading only as many as ``limit`` needs)."""
     datas, labels, count = [], [], 0
     for name in files:
         if limit is not None and count >= limit:
             break
-        d, l = _read_batch(folder / name, num_classes)
+        d, lab = _read_batch(folder / name, num_classes)
         datas.append(d)
-        labels.append(l)
+        labels.append(lab)
         count += d.shape[0]
     data = np.concatenate(datas) if datas else np.zeros((0, ROW_SIZE), np.uint8)
     label = np.concatenate(labels) if labels else np.zeros((0,), np.int32)
@@ -200,20 +200,18 @@ def _to_float_nhwc(data: np.ndarray, normalize: bool) -> np.ndarray:
     return x
 
 
-def _check_limit(name: str, value) -> Optional[int]:
+def _check_limit(name: str, value) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be None or a non-negative integer, got {value!r}")
-    return int(value)
+    return check_int(name, value, 0)
 
 
 def load_cifar10(
-    path: Optional[PathLike] = None,
+    path: PathLike | None = None,
     *,
     normalize: bool = False,
-    max_train: Optional[int] = None,
-    max_test: Optional[int] = None,
+    max_train: int | None = None,
+    max_test: int | None = None,
     as_images: bool = True,
 ) -> Dataset:
     """Loads CIFAR-10 from a local folder of the standard python batches.
@@ -288,6 +286,10 @@ def write_synthetic_cifar10(
     Returns:
       The folder, as a :class:`pathlib.Path`.
     """
+    check_int("n_train_per_batch", n_train_per_batch, 1)
+    check_int("n_test", n_test, 1)
+    check_int("seed", seed, 0)
+    check_bool("write_meta", write_meta)
     folder = pathlib.Path(folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

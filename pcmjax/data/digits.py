@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from pcmjax._validate import check_bool, check_float, check_int
+
 DIGITS_NUM_CLASSES = 10
 DIGITS_MAX_VALUE = 16.0  # pixel values of sklearn's digits are integers in [0, 16]
 
@@ -71,9 +73,9 @@ def load_digits(split_seed: int = 0, test_fraction: float = 0.25, *, as_images: 
       ImportError: if scikit-learn is not installed.
       ValueError: if ``test_fraction`` is not in ``(0, 1)``.
     """
-    test_fraction = float(test_fraction)
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    check_int("split_seed", split_seed, 0)
+    test_fraction = check_float("test_fraction", test_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+    check_bool("as_images", as_images)
     datasets, model_selection = _require_sklearn()
     bunch = datasets.load_digits()
     x = (np.asarray(bunch.data, dtype=np.float64) / DIGITS_MAX_VALUE).astype(np.float32)

@@ -9,4 +9,5 @@ from pcmjax.devices._flexible import Flexible
 from pcmjax.devices._io import from_dict, load, save, to_dict
 from pcmjax.devices._models import HermesPCM, PCMLike, StateIndependent
 
-__all__ = ["DeviceModel", "HermesPCM", "PCMLike", "StateIndependent", "Flexible", "save", "load", "to_dict", "from_dict"]
+__all__ = ["DeviceModel", "HermesPCM", "PCMLike", "StateIndependent", "Flexible", "save", "load", "to_dict",
+           "from_dict"]

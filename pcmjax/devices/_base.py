@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pcmjax._validate import check_choice, check_int, is_traced
+
 G_R_MIN = 1e-7  # PHYSICS.md §2: floor of the normalised conductance inside logs and powers
 
 Q_S_FROM = ("programmed", "target")
@@ -75,7 +77,7 @@ def clipped_log(law, g_r):
 
 def check_time(t, name="t"):
     """Raise a clear error for negative or non-finite concrete times (seconds)."""
-    if isinstance(t, jax.core.Tracer):
+    if is_traced(t):  # values unknown under jit: at_time clamps t at 0
         return
     arr = np.asarray(t)
     if arr.dtype == object or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
@@ -123,7 +125,20 @@ class DeviceModel:
           programmed conductance, µS, same shape.
         """
         g_target = jnp.asarray(g_target, jnp.float32)
-        xi = standard_normal(key, g_target.shape)
+        return self.program_from_normal(g_target, standard_normal(key, g_target.shape))
+
+    def program_from_normal(self, g_target, xi):
+        """:meth:`program` with the standard normals given (the reparameterised law).
+
+        Args:
+          g_target: target conductance per device, µS, any shape.
+          xi: standard normals broadcastable against ``g_target`` (a multiple ``k ξ``
+            programs with ``k`` times the model's noise).
+
+        Returns:
+          programmed conductance ``max(g_T + σ_prog(g_T) ξ, 0)``, µS.
+        """
+        g_target = jnp.asarray(g_target, jnp.float32)
         return jnp.maximum(g_target + self.prog_scale * self.prog_sigma(g_target) * xi, 0.0)
 
     def drift_exponent(self, key, g_target):
@@ -137,8 +152,19 @@ class DeviceModel:
           drift exponent ν ≥ 0, same shape.
         """
         g_target = jnp.asarray(g_target, jnp.float32)
-        mu, sigma = self.nu_moments(g_target)
-        xi = standard_normal(key, g_target.shape)
+        return self.drift_exponent_from_normal(g_target, standard_normal(key, g_target.shape))
+
+    def drift_exponent_from_normal(self, g_target, xi):
+        """:meth:`drift_exponent` with the standard normals given.
+
+        Args:
+          g_target: target conductance per device, µS, any shape.
+          xi: standard normals broadcastable against ``g_target``.
+
+        Returns:
+          drift exponent ``drift_scale · |μ_ν + σ_ν ξ|`` ≥ 0.
+        """
+        mu, sigma = self.nu_moments(jnp.asarray(g_target, jnp.float32))
         return self.drift_scale * jnp.abs(mu + sigma * xi)
 
     def drift_factor(self, nu, t):
@@ -159,6 +185,7 @@ class DeviceModel:
           g_prog: programmed conductance, µS.
           nu: drift exponent, same shape as ``g_prog``.
           t: seconds since programming (≥ 0), scalar or broadcastable against ``g_prog``.
+            A negative concrete ``t`` raises; a traced one is treated as 0.
           g_target: target conductance, required only when ``q_s_from == "target"``.
 
         Returns:
@@ -166,11 +193,27 @@ class DeviceModel:
         """
         check_time(t)
         g_prog = jnp.asarray(g_prog, jnp.float32)
+        shape = jnp.broadcast_shapes(g_prog.shape, jnp.shape(nu), jnp.shape(t))
+        return self.at_time_from_normal(g_prog, nu, t, standard_normal(key, shape), g_target)
+
+    def at_time_from_normal(self, g_prog, nu, t, xi, g_target=None):
+        """:meth:`at_time` with the standard normals given.
+
+        Args:
+          g_prog: programmed conductance, µS.
+          nu: drift exponent, broadcastable against ``g_prog``.
+          t: seconds since programming (clamped at 0).
+          xi: standard normals of the accumulated 1/f noise, broadcastable.
+          g_target: target conductance, required only when ``q_s_from == "target"``.
+
+        Returns:
+          ``max(g_d + |g_d| σ_n(t) ξ, 0)`` with ``g_d = g_prog ((t + t0)/t0)^(−ν)``, µS.
+        """
+        g_prog = jnp.asarray(g_prog, jnp.float32)
         t = jnp.asarray(t, jnp.float32)
         g_d = g_prog * self.drift_factor(nu, t)
         g_ref = self._q_s_reference(g_prog, g_target)
         sigma_n = self.read_noise_scale * self.q_s(g_ref) * self.noise_sigma(t)
-        xi = standard_normal(key, g_d.shape)
         return jnp.maximum(g_d + jnp.abs(g_d) * sigma_n * xi, 0.0)
 
     def read_sigma(self, g, interval_s, g_target=None):
@@ -252,15 +295,20 @@ def init_fields(obj, values: dict):
 
 
 def validate_common(name, num_devices, q_s_from, allowed_devices=(1, 2)):
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices not in allowed_devices:
-        raise ValueError(f"{name}: num_devices must be one of {set(allowed_devices)}, got {num_devices!r}.")
-    if q_s_from not in Q_S_FROM:
-        raise ValueError(f"{name}: q_s_from must be one of {Q_S_FROM}, got {q_s_from!r}.")
+    """The static options every family shares: ``num_devices`` and ``q_s_from``."""
+    check_int(f"{name}.num_devices", num_devices)
+    check_choice(f"{name}.num_devices", num_devices, allowed_devices)
+    check_choice(f"{name}.q_s_from", q_s_from, Q_S_FROM)
+
+
+def is_concrete(v) -> bool:
+    """A user-given parameter value (not a tracer, nor a placeholder of pytree unflattening)."""
+    return not is_traced(v) and v is not None and type(v) is not object
 
 
 def as_param(value, name, shape=None):
     """Convert a user-given parameter to float32, checking shape and finiteness (concrete only)."""
-    if isinstance(value, jax.core.Tracer) or value is None or type(value) is object:
+    if not is_concrete(value):
         return value
     try:
         arr = np.asarray(value, np.float32)

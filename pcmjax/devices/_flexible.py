@@ -21,7 +21,17 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from pcmjax.devices._base import DeviceModel, init_fields, leaf, polyval_ascending, register, static, validate_common
+from pcmjax._validate import check_choice
+from pcmjax.devices._base import (
+    DeviceModel,
+    init_fields,
+    is_concrete,
+    leaf,
+    polyval_ascending,
+    register,
+    static,
+    validate_common,
+)
 from pcmjax.devices._models import _check_names, _check_positive, _fill
 
 BASES = ("poly", "spline")
@@ -89,8 +99,7 @@ class Flexible(DeviceModel):
 
     def __init__(self, num_devices: int = 1, *, basis: str = "poly", q_s_from: str = "programmed", **params):
         validate_common("Flexible", num_devices, q_s_from)
-        if basis not in BASES:
-            raise ValueError(f"Flexible: basis must be one of {BASES}, got {basis!r}.")
+        check_choice("Flexible.basis", basis, BASES)
         _check_names("Flexible", params, self)
         object.__setattr__(self, "num_devices", num_devices)
         object.__setattr__(self, "q_s_from", q_s_from)
@@ -105,7 +114,7 @@ class Flexible(DeviceModel):
         values = {}
         for name in _LAWS:
             v = getattr(self, name)
-            if not _is_array(v):
+            if not is_concrete(v):
                 continue
             v = jnp.atleast_1d(v)
             if v.ndim != 1 or v.shape[0] < (1 if basis == "poly" else 4):
@@ -133,8 +142,3 @@ class Flexible(DeviceModel):
     def q_s(self, g):
         return jnp.maximum(self._law(self.q_s_law, g), 0.0)
 
-
-def _is_array(v):
-    import jax
-
-    return not isinstance(v, jax.core.Tracer) and v is not None and type(v) is not object

@@ -7,28 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pcmjax._validate import check_instance
 from pcmjax.devices._base import DeviceModel
+from pcmjax.devices._flexible import Flexible
+from pcmjax.devices._models import HermesPCM, PCMLike, StateIndependent
 
 FORMAT = "pcmjax.device_model/1"
 
-
-def _families():
-    from pcmjax.devices import _models
-
-    families = {cls.family: cls for cls in (_models.HermesPCM, _models.PCMLike, _models.StateIndependent)}
-    try:
-        from pcmjax.devices import _flexible
-
-        families[_flexible.Flexible.family] = _flexible.Flexible
-    except ImportError:  # pragma: no cover - optional family
-        pass
-    return families
+FAMILIES = {cls.family: cls for cls in (HermesPCM, PCMLike, StateIndependent, Flexible)}
 
 
 def to_dict(model: DeviceModel) -> dict:
     """A JSON-ready description of a device model (family, static options, parameters)."""
-    if not isinstance(model, DeviceModel):
-        raise TypeError(f"model must be a pcmjax device model, got {type(model).__name__}.")
+    check_instance("model", model, DeviceModel)
     params = {k: _compact(v) for k, v in model.params().items()}
     out = {"format": FORMAT, "family": model.family, "num_devices": model.num_devices,
            "q_s_from": model.q_s_from, "params": params}
@@ -40,18 +31,16 @@ def to_dict(model: DeviceModel) -> dict:
 
 def from_dict(d: dict) -> DeviceModel:
     """Rebuild a device model from :func:`to_dict` output (clear errors for bad input)."""
-    if not isinstance(d, dict):
-        raise TypeError(f"a device-model description must be a dict, got {type(d).__name__}.")
-    families = _families()
+    check_instance("a device-model description", d, dict)
     family = d.get("family")
-    if family not in families:
-        raise ValueError(f"device model 'family' must be one of {sorted(families)}, got {family!r}.")
+    if family not in FAMILIES:
+        raise ValueError(f"device model 'family' must be one of {sorted(FAMILIES)}, got {family!r}.")
     if d.get("format", FORMAT) != FORMAT:
         raise ValueError(f"device model 'format' must be {FORMAT!r}, got {d.get('format')!r}.")
     params = d.get("params", {})
     if not isinstance(params, dict):
         raise TypeError(f"device model 'params' must be a mapping, got {type(params).__name__}.")
-    cls = families[family]
+    cls = FAMILIES[family]
     kwargs = {k: v for k, v in d.items() if k not in ("format", "family", "params")}
     return cls(**kwargs, **params)
 

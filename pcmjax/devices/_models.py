@@ -18,6 +18,7 @@ from pcmjax.devices._base import (
     as_param,
     clipped_log,
     init_fields,
+    is_concrete,
     leaf,
     log_or_poly,
     normalised,
@@ -244,18 +245,13 @@ def _check_names(name, params, obj):
 def _check_positive(name, obj, fields):
     for f in fields:
         v = getattr(obj, f)
-        if _is_concrete(v) and not np.all(np.asarray(v) > 0):
+        if is_concrete(v) and not np.all(np.asarray(v) > 0):
             raise ValueError(f"{name}: {f} must be > 0, got {np.asarray(v)!r}.")
 
 
 def _check_nonnegative(name, obj, fields):
     for f in fields:
         v = getattr(obj, f)
-        if _is_concrete(v) and not np.all(np.asarray(v) >= 0):
+        if is_concrete(v) and not np.all(np.asarray(v) >= 0):
             raise ValueError(f"{name}: {f} must be >= 0, got {np.asarray(v)!r}.")
 
-
-def _is_concrete(v):
-    import jax
-
-    return not isinstance(v, jax.core.Tracer) and v is not None and type(v) is not object

@@ -6,16 +6,16 @@
     from pcmjax import nn as pnn
 
     model = pnn.MLP(64, (256, 256), 10, rngs=nnx.Rngs(0))      # AnalogLinear layers
-    pnn.train(model, x, y, mode="hwa")                           # hardware-aware training
+    pnn.train(key, model, x, y, mode="hwa")                      # hardware-aware training
     deployed = pnn.deploy(model, key, pj.ChipConfig())           # tiles → cores, programmed
     print(deployed.report())
-    y_1day = deployed.at_time(key, 86400.0)(x, key)
+    y_1day = deployed.at_time(k_age, 86400.0)(k_read, x)
     calibrated = pnn.calibrate(deployed, key, x_unlabelled, t=86400.0)
 """
 
+from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn.calibrate import calibrate, calibration_loss, make_calibrator
 from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan, tile_weights
-from pcmjax.nn.hwa import HWAConfig
 from pcmjax.nn.layers import (
     MODES,
     AnalogConv,
@@ -28,11 +28,13 @@ from pcmjax.nn.layers import (
     set_mode,
 )
 from pcmjax.nn.models import MLP, ResNet9, SmallCNN
+from pcmjax.nn.mvm_count import layer_mvms
 from pcmjax.nn.train import accuracy, deployed_accuracy, predict, train
 
 __all__ = [
     "AnalogLinear", "AnalogConv", "AnalogLayer", "InputScale", "HWAConfig", "MODES", "set_mode", "clip_weights",
     "set_input_scales", "analog_layers", "deploy", "plan", "DeployedModel", "Layout", "LayerPlacement",
-    "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN", "ResNet9",
-    "train", "accuracy", "predict", "deployed_accuracy",
+    "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN",
+    "ResNet9",
+    "train", "accuracy", "predict", "deployed_accuracy", "layer_mvms",
 ]

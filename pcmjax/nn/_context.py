@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from pcmjax.chip.mvm import mvm
+
 _CTX: contextvars.ContextVar = contextvars.ContextVar("pcmjax_nn_chip", default=None)
 
 # ChipState fields without a core axis.
@@ -31,7 +33,8 @@ class ChipContext:
       state: the programmed :class:`pcmjax.ChipState` holding every tile.
       calibration: per-layer ``gamma``/``beta`` (``[out]``) and ``tile_gamma``
         (``[row splits, out]``) tuples and ``input_scale`` factors.
-      key: a ``jax.random`` key for read and ADC noise.
+      key: a ``jax.random`` key for read and ADC noise (``None`` only for the digital
+        reference run, which draws nothing).
       outputs: if a dict, every analog layer stores its output there by ``chip_index``.
     """
 
@@ -92,8 +95,6 @@ def chip_matmul(layer, x2d):
     partial sums are added digitally, column chunks concatenated, then the calibrated
     per-column affine ``γ' y + β'`` of the layer is applied.
     """
-    from pcmjax.chip.mvm import mvm
-
     ctx = _CTX.get()
     if ctx is None or ctx.state is None or layer.chip_index is None:
         raise RuntimeError(

@@ -3,7 +3,8 @@
 Per analog layer and output column, a multiplicative ``γ'`` and an additive ``β'``
 (start 1 and 0) act on the digital units' output, a gain per core column scales each
 row tile's partial sums before they are added (for layers split over several cores,
-whose columns have their own ADCs), and per layer a factor scales the input range. They are learned with optax on a small unlabelled calibration set, so that each
+whose columns have their own ADCs), and per layer a factor scales the input range. They
+are learned with optax on a small unlabelled calibration set, so that each
 layer's output on the chip matches the digital network's output of that layer (mean
 squared error, normalised by the reference's variance so every layer counts alike).
 Layers run chained (each sees the chip's own previous outputs), so a layer also learns to
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pcmjax._validate import check_key
+from pcmjax._validate import check_bool, check_finite_array, check_float, check_instance, check_int, check_key
 from pcmjax.nn.deploy import DeployedModel, identity_calibration
 
 _EPS = 1e-8
@@ -33,7 +34,7 @@ _EPS = 1e-8
 def _as_inputs(data):
     if isinstance(data, (tuple, list)) and len(data) == 2 and np.ndim(data[1]) == 1:
         data = data[0]  # (x, y) pairs: labels are not used
-    x = jnp.asarray(data, jnp.float32)
+    x = check_finite_array(data, "data")
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"data must be a batch of inputs [N, ...] with N >= 1, got shape {x.shape}.")
     return x
@@ -63,9 +64,13 @@ def make_calibrator(deployed: DeployedModel, data, *, steps: int = 200, learning
     Returns:
       ``fn(state, key) -> (calibration, losses[steps])``.
     """
+    check_instance("deployed", deployed, DeployedModel)
     x = _as_inputs(data)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    check_int("steps", steps, 1)
+    check_float("learning_rate", learning_rate, 0.0, lo_open=True)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+    check_bool("learn_input_scales", learn_input_scales)
     n = x.shape[0]
     bs = n if batch_size is None or batch_size >= n else int(batch_size)
     _, ref = deployed.reference(x, record=True)
@@ -103,11 +108,24 @@ def make_calibrator(deployed: DeployedModel, data, *, steps: int = 200, learning
 
 
 def calibration_loss(deployed: DeployedModel, key, data, calibration=None) -> jax.Array:
-    """The calibration objective of ``deployed`` (its state and calibration) on ``data``."""
+    """The calibration objective of ``deployed`` (its state and calibration) on ``data``.
+
+    Args:
+      deployed: a programmed :class:`DeployedModel`.
+      key: a ``jax.random`` key (read and ADC noise).
+      data: inputs ``[N, ...]`` (or an ``(x, y)`` pair); measure on examples the
+        calibration did not see to estimate how well it generalises.
+      calibration: the calibration to evaluate (default: the model's own).
+
+    Returns:
+      scalar: the mean over layers of the normalised squared error of each layer's output.
+    """
+    check_instance("deployed", deployed, DeployedModel)
+    check_key(key)
     x = _as_inputs(data)
     _, ref = deployed.reference(x, record=True)
     cal = deployed.calibration if calibration is None else calibration
-    _, outs = deployed.apply(deployed.state, cal, key, x, record=True)
+    _, outs = deployed.apply(deployed._programmed_state(), cal, key, x, record=True)
     terms = [jnp.mean((outs[i] - ref[i]) ** 2) / (jnp.var(ref[i]) + _EPS) for i in range(len(ref))]
     return sum(terms) / len(terms)
 
@@ -129,9 +147,7 @@ def calibrate(deployed: DeployedModel, key, data, t=None, *, steps: int = 200, l
       the calibrated :class:`DeployedModel`; its ``calibration_losses`` attribute holds
       the loss of every step.
     """
-    if not isinstance(deployed, DeployedModel):
-        raise TypeError(f"deployed must be a pcmjax.nn.DeployedModel (from pcmjax.nn.deploy), "
-                        f"got {type(deployed).__name__}.")
+    check_instance("deployed", deployed, DeployedModel)
     check_key(key)
     deployed._programmed_state()  # a clear error for an unprogrammed template
     k_age, k_cal = jax.random.split(key)

@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pcmjax._validate import check_key
-from pcmjax.config import ChipConfig
+from pcmjax._validate import check_bool, check_finite_array, check_instance, check_int, check_key
 from pcmjax.chip.state import ChipState, program_chip
+from pcmjax.config import ChipConfig
 from pcmjax.devices import DeviceModel, HermesPCM
 from pcmjax.nn import _context
 from pcmjax.nn.hwa import row_chunks
@@ -124,10 +124,8 @@ def plan(model, config: ChipConfig, n_chips: int = 1) -> Layout:
       ValueError: if the network needs more cores than ``n_chips · config.n_cores``; the
         message names the cores needed per layer and the chips that would suffice.
     """
-    if not isinstance(config, ChipConfig):
-        raise TypeError(f"config must be a pcmjax.ChipConfig, got {type(config).__name__}.")
-    if isinstance(n_chips, bool) or not isinstance(n_chips, int) or n_chips < 1:
-        raise ValueError(f"n_chips must be a positive integer, got {n_chips!r}.")
+    check_instance("config", config, ChipConfig)
+    check_int("n_chips", n_chips, 1)
     layers = analog_layers(model)
     if not layers:
         raise ValueError("model has no analog layers (pcmjax.nn.AnalogLinear / AnalogConv) to deploy.")
@@ -192,7 +190,8 @@ def _apply(graphdef, params, layout, state, calibration, key, x, record=False):
 class DeployedModel:
     """A network programmed on simulated chips.
 
-    Call it like the network: ``deployed(x, key)``. ``at_time(key, t)`` ages the chips;
+    Call it like the network, with a key for the read and ADC noise: ``deployed(key, x)``.
+    ``at_time(key, t)`` ages the chips;
     :func:`pcmjax.nn.calibrate` learns per-column corrections. The pure pieces
     (:meth:`program`, :meth:`apply`) are ``jit``/``vmap``-able for Monte Carlo studies
     over chip instances.
@@ -212,7 +211,7 @@ class DeployedModel:
         self.weights, self.state, self.calibration = weights, state, calibration
         self.calibration_losses = None  # set by pcmjax.nn.calibrate
 
-    def replace(self, **changes) -> "DeployedModel":
+    def replace(self, **changes) -> DeployedModel:
         """A copy with some attributes changed (``state``, ``calibration``, ...)."""
         new = object.__new__(DeployedModel)
         new.__dict__.update(self.__dict__)
@@ -245,24 +244,42 @@ class DeployedModel:
     def apply(self, state, calibration, key, x, *, record: bool = False):
         """The forward pass on a given state and calibration (pure, jit/vmap-able).
 
+        Args:
+          state: a :class:`pcmjax.ChipState` holding this network's tiles.
+          calibration: per-layer corrections (:func:`identity_calibration` for none).
+          key: a ``jax.random`` key (read and ADC noise).
+          x: a batch of inputs ``[N, ...]``. Concrete inputs with NaN or inf raise
+            ``ValueError``; traced ones (inside ``jit``/``vmap``/``grad``) are not
+            checked, and a non-finite value then makes non-finite outputs.
+          record: also return every analog layer's output.
+
         Returns:
           the network's output; with ``record=True`` also a dict ``chip_index → layer
           output`` (before the activation that follows the layer).
         """
+        x = check_finite_array(x, "x")
         return _apply(self.graphdef, self.params, self.layout, state, calibration, key, x, record=record)
 
     def reference(self, x, *, record: bool = False):
         """The digital network (same weights and input ranges, no chip) on ``x``."""
+        x = check_finite_array(x, "x")
         return _apply(self.ref_graphdef, self.params, self.layout, None, None, None, x, record=record)
 
     # -- conveniences --------------------------------------------------------------
-    def __call__(self, x, key=None):
-        """The network on the chips: ``x`` → output (``key`` draws read and ADC noise)."""
-        key = jax.random.key(0) if key is None else key
-        check_key(key)
-        return self.apply(self._programmed_state(), self.calibration, key, jnp.asarray(x))
+    def __call__(self, key, x):
+        """The network on the chips at the current state and calibration.
 
-    def at_time(self, key, t) -> "DeployedModel":
+        Args:
+          key: a ``jax.random`` key (read and ADC noise).
+          x: a batch of inputs ``[N, ...]`` (finite; see :meth:`apply`).
+
+        Returns:
+          the network's output for ``x``.
+        """
+        check_key(key)
+        return self.apply(self._programmed_state(), self.calibration, key, x)
+
+    def at_time(self, key, t) -> DeployedModel:
         """The deployed model ``t`` seconds after programming (drift, 1/f noise, compensation)."""
         return self.replace(state=self._programmed_state().at_time(key, t))
 
@@ -302,8 +319,7 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     """
     config = ChipConfig() if config is None else config
     device = HermesPCM(num_devices=2) if device is None else device
-    if not isinstance(program, bool):
-        raise TypeError(f"program must be True or False, got {program!r}.")
+    check_bool("program", program)
     if program or key is not None:
         check_key(key)
     layout = plan(model, config, n_chips)
@@ -322,4 +338,5 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
                          identity_calibration(layout))
 
 
-__all__ = ["deploy", "plan", "inference_view", "DeployedModel", "Layout", "LayerPlacement", "identity_calibration", "tile_weights"]
+__all__ = ["deploy", "plan", "inference_view", "DeployedModel", "Layout", "LayerPlacement", "identity_calibration",
+           "tile_weights"]

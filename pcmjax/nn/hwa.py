@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from functools import partial
 
@@ -27,17 +26,19 @@ import jax.numpy as jnp
 
 from pcmjax import _random
 from pcmjax._ste import quantize_symmetric
+from pcmjax.chip.compensation import compensation_factor
+from pcmjax.config.hwa import HWAConfig
 from pcmjax.devices import DeviceModel, HermesPCM, PCMLike
-from pcmjax.config.hwa import OUT_NOISE_MODES, HWAConfig
 
-_EPS = 1e-12  # floor of scales we divide by
+_EPS = 1e-12  # floor of scales we divide by, and of a usable total conductance (fractions of g_max)
+
+# Named devices of HWAConfig.noise_device / drift_device.
+_DEVICES = {"pcm_like": lambda: PCMLike(num_devices=1), "hermes": lambda: HermesPCM(num_devices=2),
+            "hermes1": lambda: HermesPCM(num_devices=1)}
 
 
 def _device(spec) -> DeviceModel:
-    if isinstance(spec, DeviceModel):
-        return spec
-    return {"pcm_like": lambda: PCMLike(num_devices=1), "hermes": lambda: HermesPCM(num_devices=2),
-            "hermes1": lambda: HermesPCM(num_devices=1)}[spec]()
+    return spec if isinstance(spec, DeviceModel) else _DEVICES[spec]()
 
 
 def _levels(bits: int) -> int:
@@ -63,60 +64,40 @@ def clip_kernel(kernel, cfg: HWAConfig):
     return jnp.clip(kernel, -bound, bound)
 
 
-def _seed(key):
-    """Two uint32 words of a key's data: no generator call, so nothing to compile."""
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return key.reshape(-1)[:2].astype(jnp.uint32)
-
-
-def _normal(seed, stream: int, shape):
-    """Standard normals for one numbered stream of ``seed``.
-
-    The method of :func:`pcmjax._random.normal` (counter hash, then the inverse-CDF
-    table), with the stream's hash seeds derived arithmetically from the key's words
-    instead of by a threefry call: a training step draws several streams per layer, and
-    each threefry call would add its own kernel to compile.
-    """
-    mix = _random._fmix32
-    s0 = mix(seed[0] ^ jnp.uint32((0x9E3779B9 * (stream + 1)) & 0xFFFFFFFF))
-    s1 = mix(seed[1] + s0)
-    n = math.prod(shape)
-    bits = mix(mix(jax.lax.iota(jnp.uint32, n) * jnp.uint32(0x9E3779B1) + s0) ^ s1).reshape(shape)
-    sign = jnp.where(bits >> 31 == 1, -1.0, 1.0)
-    q = ((bits & jnp.uint32(0x7FFFFFFF)).astype(jnp.float32) + 0.5) * (2.0**-31)
-    qb = jax.lax.bitcast_convert_type(q, jnp.uint32)
-    mant = _random._MANT_BITS
-    cell = ((qb >> 23).astype(jnp.int32) - _random._EXP_LO) * (1 << mant) + ((qb >> 16) & 0x7F).astype(jnp.int32)
-    table = _random._TABLE_NP
-    cell = jnp.clip(cell, 0, table.shape[0] - 1)
-    frac = (qb & jnp.uint32(0xFFFF)).astype(jnp.float32) * (1.0 / 65536.0)
-    return sign * (jnp.asarray(table[:, 0])[cell] + jnp.asarray(table[:, 1])[cell] * frac)
-
-
-def _uniform(seed, stream: int):
-    """One uniform number in (0, 1) for a numbered stream of ``seed``."""
-    h = _random._fmix32(_random._fmix32(seed[0] ^ jnp.uint32(0x85EBCA6B + stream)) + seed[1])
-    return (h.astype(jnp.float32) + 0.5) * (2.0**-32)
-
-
 def sample_time(key, cfg: HWAConfig):
-    """The drift time of one forward pass (log-uniform between the bounds of a pair)."""
+    """The drift time of one forward pass, seconds (log-uniform between the bounds of a pair)."""
     t = cfg.drift_time
     if not isinstance(t, tuple):
         return jnp.asarray(t, jnp.float32)
     lo, hi = (math.log(max(v, 1e-3)) for v in t)
-    return jnp.exp(lo + (hi - lo) * _uniform(_seed(key), 0))
+    return jnp.exp(jax.random.uniform(key, (), jnp.float32, lo, hi))
+
+
+def _drifted(key, g, g_p, cfg: HWAConfig, t):
+    """Conductances (fractions of ``g_max``) ``t`` seconds after programming, compensated."""
+    dev = _device(cfg.drift_device)
+    k_t, k_nu, k_n = jax.random.split(key, 3)
+    t = sample_time(k_t, cfg) if t is None else jnp.asarray(t, jnp.float32)
+    nu = dev.drift_exponent_from_normal(g * dev.g_max, _random.normal(k_nu, g.shape))
+    if cfg.drift_noise:
+        xi = _random.normal(k_n, g.shape)
+        g_t = dev.at_time_from_normal(g_p * dev.g_max, nu, t, xi, g_target=g * dev.g_max) / dev.g_max
+    else:
+        g_t = g_p * dev.drift_factor(nu, t)
+    if cfg.drift_compensation:  # one ratio of total conductances for the whole layer
+        g_t = g_t * compensation_factor(g_p.reshape(-1), g_t.reshape(-1), "global", floor=_EPS)[0]
+    return g_t
 
 
 @partial(jax.jit, static_argnames=("cfg",))
 def perturb_weights(key, wn, cfg: HWAConfig, t=None):
     """Weights as the chip would hold them: programming noise, drift to ``t``, 1/f noise, GDC.
 
-    The laws are those of the device models (PHYSICS.md §2): ``g_p = max(g_T + k σ_prog ξ,
-    0)``, ``ν = |μ_ν + σ_ν ξ|``, ``g(t) = max(g_p ((t + t0)/t0)^(−ν) (1 + σ_n(t) ξ), 0)``;
-    the standard normals come from the fast counter-based generator, which keeps this
-    function cheap to compile inside every layer of a training step.
+    Each law is the device model's own, fed with the fast standard normals of
+    :func:`pcmjax._random.normal`: ``g_p = max(g_T + k σ_prog ξ, 0)``
+    (:meth:`~pcmjax.devices.DeviceModel.program_from_normal` with ``k ξ``),
+    ``ν = |μ_ν + σ_ν ξ|``, ``g(t) = max(g_d + |g_d| σ_n(t) ξ, 0)`` (PHYSICS.md §2), then
+    the global drift-compensation ratio :func:`pcmjax.chip.compensation.compensation_factor`.
 
     Args:
       key: a ``jax.random`` key.
@@ -130,27 +111,14 @@ def perturb_weights(key, wn, cfg: HWAConfig, t=None):
     """
     g = jnp.stack([jnp.maximum(wn, 0.0), jnp.maximum(-wn, 0.0)])  # per sign, fraction of g_max
     g = jax.lax.stop_gradient(g)
-    z = _normal(_seed(key), 1, (3,) + g.shape)  # one draw for the three noise sources
+    k_prog, k_drift = jax.random.split(key)
     if cfg.prog_noise_scale > 0:
         dev = _device(cfg.noise_device)
-        sigma = dev.prog_scale * dev.prog_sigma(g * dev.g_max) / dev.g_max
-        g_p = jnp.maximum(g + cfg.prog_noise_scale * sigma * z[0], 0.0)
+        xi = cfg.prog_noise_scale * _random.normal(k_prog, g.shape)
+        g_p = dev.program_from_normal(g * dev.g_max, xi) / dev.g_max
     else:
         g_p = g
-    if cfg.drift_time is not None:
-        dev = _device(cfg.drift_device)
-        t = sample_time(key, cfg) if t is None else jnp.asarray(t, jnp.float32)
-        mu, sd = dev.nu_moments(g * dev.g_max)
-        nu = dev.drift_scale * jnp.abs(mu + sd * z[1])
-        g_t = g_p * dev.drift_factor(nu, t)
-        if cfg.drift_noise:
-            g_ref = g_p if dev.q_s_from == "programmed" else g
-            sigma_n = dev.read_noise_scale * dev.q_s(g_ref * dev.g_max) * dev.noise_sigma(t)
-            g_t = jnp.maximum(g_t + g_t * sigma_n * z[2], 0.0)
-        if cfg.drift_compensation:
-            g_t = g_t * (jnp.sum(g_p) / jnp.maximum(jnp.sum(g_t), _EPS))
-    else:
-        g_t = g_p
+    g_t = g_p if cfg.drift_time is None else _drifted(k_drift, g, g_p, cfg, t)
     w = g_t[0] - g_t[1]
     return wn + jax.lax.stop_gradient(w - wn)
 
@@ -179,7 +147,7 @@ def hwa_matmul(key, x, kernel, input_scale, cfg: HWAConfig):
     Returns:
       ``[batch, out]`` in the units of ``x @ kernel``.
     """
-    seed = _seed(key)
+    k_w, k_out = jax.random.split(key)
     s = jnp.maximum(jax.lax.stop_gradient(input_scale), _EPS)
     xs = x / s
     xq = quantize_symmetric(xs, _levels(cfg.pwm_bits)) if cfg.pwm_bits else jnp.clip(xs, -1.0, 1.0)
@@ -187,7 +155,7 @@ def hwa_matmul(key, x, kernel, input_scale, cfg: HWAConfig):
     w_max = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(w)), _EPS))
     wn = w / w_max
     if cfg.prog_noise_scale > 0 or cfg.drift_time is not None:
-        wn = perturb_weights(key, wn, cfg)
+        wn = perturb_weights(k_w, wn, cfg)
     n_in, n_out = wn.shape
     chunks = row_chunks(n_in, cfg.tile_rows)
     if len(chunks) == 1:
@@ -200,7 +168,7 @@ def hwa_matmul(key, x, kernel, input_scale, cfg: HWAConfig):
         p = jnp.einsum("brc,rco->rbo", xr, wr)  # one partial sum per row tile
     if cfg.out_noise > 0:
         ref = jax.lax.stop_gradient(jnp.max(jnp.abs(p))) if cfg.out_noise_mode == "relative" else 1.0
-        p = p + cfg.out_noise * ref * _normal(seed, 4, p.shape)
+        p = p + cfg.out_noise * ref * _random.normal(k_out, p.shape)
     if cfg.adc_bits:
         p = quantize_symmetric(p / cfg.out_bound, _levels(cfg.adc_bits)) * cfg.out_bound
     return jnp.sum(p, axis=0) * (s * w_max)

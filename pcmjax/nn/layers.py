@@ -20,16 +20,21 @@ to image patches times the kernel matrix, exactly how it is mapped on the crossb
 from __future__ import annotations
 
 import typing as tp
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from pcmjax import _streams
+from pcmjax._validate import check_choice, check_instance, check_int
+from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
-from pcmjax.nn.hwa import HWAConfig, hwa_matmul, input_statistic
+from pcmjax.nn.hwa import clip_kernel, hwa_matmul, input_statistic
 
-MODES = ("digital", "hwa", "chip")
+Mode = Literal["digital", "hwa", "chip"]
+MODES = get_args(Mode)
 
 default_kernel_init = nnx.initializers.lecun_normal()
 default_bias_init = nnx.initializers.zeros_init()
@@ -39,18 +44,16 @@ class InputScale(nnx.BatchStat):
     """Running estimate of a layer's input range (not trained by gradients)."""
 
 
-def _check_mode(mode):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    return mode
+def _check_mode(mode) -> Mode:
+    return check_choice("mode", mode, MODES)
 
 
 class AnalogLayer(nnx.Module):
     """Shared machinery of :class:`AnalogLinear` and :class:`AnalogConv`."""
 
-    def _init_analog(self, rngs: nnx.Rngs, kernel_key, mode: str, hwa: HWAConfig | None):
-        if hwa is not None and not isinstance(hwa, HWAConfig):
-            raise TypeError(f"hwa must be a pcmjax.nn.HWAConfig, got {type(hwa).__name__}.")
+    def _init_analog(self, rngs: nnx.Rngs, kernel_key, mode: Mode, hwa: HWAConfig | None):
+        if hwa is not None:
+            check_instance("hwa", hwa, HWAConfig)
         self.mode = _check_mode(mode)
         self.hwa = HWAConfig() if hwa is None else hwa
         self.use_running_average = False
@@ -58,9 +61,9 @@ class AnalogLayer(nnx.Module):
         self.input_scale = InputScale(jnp.zeros((), jnp.float32))  # 0: not yet measured
         # The noise stream derives from the kernel key without drawing from ``rngs``, so a
         # model initialises exactly like its nnx.Linear / nnx.Conv twin.
-        self.rngs = nnx.Rngs(hwa=jax.random.fold_in(kernel_key, 0x4857))
+        self.rngs = nnx.Rngs(hwa=jax.random.fold_in(kernel_key, _streams.HWA))
 
-    def set_view(self, mode: str | None = None, use_running_average: bool | None = None,
+    def set_view(self, mode: Mode | None = None, use_running_average: bool | None = None,
                  hwa: HWAConfig | None = None):
         """Hook of ``nnx.view``: ``nnx.view(model, mode="hwa")``."""
         if mode is not None:
@@ -126,10 +129,9 @@ class AnalogLinear(AnalogLayer):
 
     def __init__(self, in_features: int, out_features: int, *, use_bias: bool = True,
                  param_dtype=jnp.float32, kernel_init=default_kernel_init, bias_init=default_bias_init,
-                 rngs: nnx.Rngs, mode: str = "digital", hwa: HWAConfig | None = None):
-        for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}.")
+                 rngs: nnx.Rngs, mode: Mode = "digital", hwa: HWAConfig | None = None):
+        check_int("in_features", in_features, 1)
+        check_int("out_features", out_features, 1)
         kernel_key = rngs.params()
         self.kernel = nnx.Param(kernel_init(kernel_key, (in_features, out_features), param_dtype))
         if use_bias:
@@ -210,7 +212,9 @@ class AnalogConv(AnalogLayer):
                  strides: int | tp.Sequence[int] | None = 1, *, padding="SAME", input_dilation=1,
                  kernel_dilation=1, feature_group_count: int = 1, use_bias: bool = True,
                  param_dtype=jnp.float32, kernel_init=default_kernel_init, bias_init=default_bias_init,
-                 rngs: nnx.Rngs, mode: str = "digital", hwa: HWAConfig | None = None):
+                 rngs: nnx.Rngs, mode: Mode = "digital", hwa: HWAConfig | None = None):
+        check_int("in_features", in_features, 1)
+        check_int("out_features", out_features, 1)
         if feature_group_count != 1:
             raise ValueError(f"AnalogConv supports feature_group_count=1 only, got {feature_group_count!r}.")
         kernel_size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
@@ -281,7 +285,7 @@ def analog_layers(model) -> list[tuple[tuple, AnalogLayer]]:
     return [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, AnalogLayer)]
 
 
-def set_mode(model, mode: str, *, hwa: HWAConfig | None = None):
+def set_mode(model, mode: Mode, *, hwa: HWAConfig | None = None):
     """Set the mode (and optionally the HWA config) of every analog layer in place.
 
     Args:
@@ -304,8 +308,6 @@ def clip_weights(model):
     HWA training sees clipped kernels in its forward; clipping the parameters after
     training makes the deployed weights what training saw.
     """
-    from pcmjax.nn.hwa import clip_kernel
-
     for _, layer in analog_layers(model):
         layer.kernel[...] = clip_kernel(layer.kernel[...], layer.hwa)
     return model

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from pcmjax.nn.hwa import HWAConfig
-from pcmjax.nn.layers import AnalogConv, AnalogLinear
+from pcmjax.config.hwa import HWAConfig
+from pcmjax.nn.layers import AnalogConv, AnalogLinear, Mode
 
 
 class MLP(nnx.Module):
@@ -24,7 +24,7 @@ class MLP(nnx.Module):
     """
 
     def __init__(self, in_features: int = 64, hidden: tp.Sequence[int] = (256, 256), out_features: int = 10, *,
-                 rngs: nnx.Rngs, mode: str = "digital", hwa: HWAConfig | None = None):
+                 rngs: nnx.Rngs, mode: Mode = "digital", hwa: HWAConfig | None = None):
         sizes = (in_features, *hidden, out_features)
         self.layers = nnx.List([AnalogLinear(a, b, rngs=rngs, mode=mode, hwa=hwa)
                                 for a, b in zip(sizes[:-1], sizes[1:])])
@@ -50,7 +50,7 @@ class SmallCNN(nnx.Module):
     """
 
     def __init__(self, in_features: int = 1, channels: tp.Sequence[int] = (16, 32, 64), num_classes: int = 10,
-                 image_size: int = 8, *, rngs: nnx.Rngs, mode: str = "digital", hwa: HWAConfig | None = None):
+                 image_size: int = 8, *, rngs: nnx.Rngs, mode: Mode = "digital", hwa: HWAConfig | None = None):
         c1, c2, c3 = channels
         kw = dict(rngs=rngs, mode=mode, hwa=hwa)
         self.conv1 = AnalogConv(in_features, c1, (3, 3), **kw)
@@ -103,7 +103,7 @@ class ResNet9(nnx.Module):
     """
 
     def __init__(self, num_classes: int = 10, widths: tp.Sequence[int] = (56, 112, 224, 224), *, rngs: nnx.Rngs,
-                 mode: str = "digital", hwa: HWAConfig | None = None):
+                 mode: Mode = "digital", hwa: HWAConfig | None = None):
         w0, w1, w2, w3 = widths
         kw = dict(rngs=rngs, mode=mode, hwa=hwa)
         self.prep = _ConvBN(3, w0, pool=False, **kw)

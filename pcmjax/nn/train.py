@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from pcmjax.nn.hwa import HWAConfig
-from pcmjax.nn.layers import MODES, clip_weights, set_mode
+from pcmjax._validate import check_choice, check_float, check_instance, check_int, check_key
+from pcmjax.config.hwa import HWAConfig
+from pcmjax.nn.layers import Mode, clip_weights, set_mode
+
+TrainMode = Literal["digital", "hwa"]
+TRAIN_MODES = get_args(TrainMode)
 
 
 def _loss(model, x, y):
@@ -31,13 +36,15 @@ def _predict(model, x):
     return jnp.argmax(model(x), axis=-1)
 
 
-def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None, epochs: int = 30,
-          batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
+def train(key, model, x, y, *, mode: TrainMode | None = None, hwa: HWAConfig | None = None, epochs: int = 30,
+          batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 1e-4,
           optimizer: optax.GradientTransformation | None = None, x_val=None, y_val=None,
           augment=None, verbose: bool = False) -> dict:
     """Train ``model`` in place on ``(x, y)`` with softmax cross-entropy.
 
     Args:
+      key: a ``jax.random`` key: the order of the examples in every epoch (and the keys
+        given to ``augment``). The HWA noise comes from the layers' own ``rngs``.
       model: an ``nnx.Module`` returning logits.
       x, y: training inputs ``[N, ...]`` and integer labels ``[N]`` (NumPy or JAX).
       mode: if given, the mode of every analog layer during training (``"digital"`` or
@@ -47,11 +54,10 @@ def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None,
       epochs, batch_size: passes over the data and examples per step (the last partial
         batch of an epoch is dropped).
       learning_rate, weight_decay: AdamW with a cosine-decayed learning rate.
-      seed: shuffling seed.
       optimizer: an optax transformation replacing the default AdamW.
       x_val, y_val: optional validation set, evaluated (digitally) after every epoch.
-      augment: optional ``augment(rng, x_batch) -> x_batch`` on NumPy arrays (e.g. random
-        crops and flips), called for every training batch with a NumPy ``Generator``.
+      augment: optional ``augment(key, x_batch) -> x_batch`` on NumPy arrays (e.g. random
+        crops and flips), called for every training batch with a fresh ``jax.random`` key.
       verbose: print a line per epoch.
 
     Returns:
@@ -59,30 +65,35 @@ def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None,
       mode the kernels are clipped at the end (:func:`pcmjax.nn.clip_weights`), so the
       weights deployed are the ones training saw.
     """
+    check_key(key)
+    if hwa is not None:
+        check_instance("hwa", hwa, HWAConfig)
     if mode is not None:
-        if mode not in MODES or mode == "chip":
-            raise ValueError(f"mode must be 'digital' or 'hwa' for training, got {mode!r}.")
-        set_mode(model, mode, hwa=hwa)
+        set_mode(model, check_choice("mode", mode, TRAIN_MODES), hwa=hwa)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_float("learning_rate", learning_rate, 0.0, lo_open=True)
+    check_float("weight_decay", weight_decay, 0.0)
     x = np.asarray(x, np.float32)
     y = np.asarray(y, np.int32)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same number of examples, got {x.shape[0]} and {y.shape[0]}.")
     n = x.shape[0]
-    bs = min(int(batch_size), n)
+    bs = min(batch_size, n)
     steps_per_epoch = n // bs
     tx = optimizer or optax.adamw(optax.cosine_decay_schedule(learning_rate, epochs * steps_per_epoch),
                                   weight_decay=weight_decay)
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    rng = np.random.default_rng(seed)
     history = {"loss": [], "val_accuracy": []}
     t0 = time.perf_counter()
     model.train()
     for epoch in range(epochs):
-        perm = rng.permutation(n)
+        k_perm, k_aug = jax.random.split(jax.random.fold_in(key, epoch))
+        perm = np.asarray(jax.random.permutation(k_perm, n))
         losses = []
         for s in range(steps_per_epoch):
             idx = perm[s * bs:(s + 1) * bs]
-            xb = x[idx] if augment is None else augment(rng, x[idx])
+            xb = x[idx] if augment is None else augment(jax.random.fold_in(k_aug, s), x[idx])
             losses.append(_train_step(model, opt, jnp.asarray(xb), jnp.asarray(y[idx])))
         history["loss"].append(float(jnp.mean(jnp.stack(losses))))
         if x_val is not None:
@@ -97,7 +108,7 @@ def train(model, x, y, *, mode: str | None = None, hwa: HWAConfig | None = None,
     return history
 
 
-def predict(model, x, *, mode: str | None = None, batch_size: int = 1024):
+def predict(model, x, *, mode: Mode | None = None, batch_size: int = 1024):
     """Class predictions ``[N]`` of ``model`` (in inference view: frozen statistics)."""
     view = nnx.view(model, use_running_average=True, raise_if_not_found=False)
     if mode is not None:
@@ -107,7 +118,7 @@ def predict(model, x, *, mode: str | None = None, batch_size: int = 1024):
     return np.asarray(jnp.concatenate(out))
 
 
-def accuracy(model, x, y, *, mode: str | None = None, batch_size: int = 1024) -> float:
+def accuracy(model, x, y, *, mode: Mode | None = None, batch_size: int = 1024) -> float:
     """Fraction of ``x`` classified as ``y`` (``mode``: evaluate in that mode, e.g. digital)."""
     return float(np.mean(predict(model, x, mode=mode, batch_size=batch_size) == np.asarray(y)))
 
