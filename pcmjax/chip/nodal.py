@@ -25,17 +25,18 @@ ADCs (a direct solve; no iteration, no tolerance, valid at any wire resistance).
 2. Bit lines. The rows above row ``i``, seen from its bit-line nodes through one segment,
    are an admittance ``E`` and a short-circuit current ``J`` per driver (``K × 2R``).
    Row ``i`` adds ``S = E + M_i`` and ``J + h_i``; the next segment gives
-   ``E' = (1 + r_b S)⁻¹ S`` and ``J' = (1 + r_b S)⁻¹ J`` (a Cholesky solve; the
+   ``E' = (1 + r_b S)⁻¹ S`` and ``J' = (1 + r_b S)⁻¹ J`` (one dense solve; the
    forms never subtract two wire-sized numbers, so float32 keeps its precision). After
    row ``R − 1`` that segment is the ADC's: ``J'`` are the ADC currents, ``Aᵀ``.
 
-Cost per core ``≈ R (K³/3 + K³ + 2 R K²)`` multiply-adds in dense Cholesky and triangular
-solves, memory ``O(K (K + R))`` per core for the values (reverse mode stores one step per
-row, ``O(R K (K + R))``). The whole transfer matrix has ``2 R K`` entries each depending on
-every device, so no method that solves only a few right-hand sides per core can give it.
+Cost per core ``≈ R K² (4K/3 + 2R)`` multiply-adds in dense LU solves (one per row),
+memory ``O(K (K + R))`` per core (reverse mode stores one step per row,
+``O(R K (K + R))``); measured in ``benchmarks/bench_irdrop.py``. The transfer matrix has
+``2 R K`` entries, each depending on every device, so a few solves per core (a few
+right-hand sides) cannot give it; an iterative solver would need ``K`` of them.
 
-Gradients: every step is a differentiable dense operation (Cholesky, triangular and
-tridiagonal solves), so reverse mode runs the transposed elimination, exactly; there are
+Gradients: every step is a differentiable dense operation (LU and tridiagonal
+solves), so reverse mode runs the transposed elimination, exactly; there are
 no iterations to unroll.
 """
 
@@ -85,10 +86,9 @@ def _row_step(rw, rb, carry, xs):
     j = j + jnp.stack([h_pos, h_neg], -1)[..., None] * onehot
     K = s.shape[-1]
     f = jnp.eye(K, dtype=s.dtype) + rb * s
-    chol = jnp.linalg.cholesky(f)
-    rhs = jnp.concatenate([s, j.reshape(*j.shape[:-2], -1)], -1)
-    z = jax.lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
-    x = jax.lax.linalg.triangular_solve(chol, z, left_side=True, lower=True, transpose_a=True)
+    # f is symmetric positive definite with eigenvalues ≥ 1: LU without trouble, and on
+    # the CPU several times faster than batched Cholesky with triangular solves.
+    x = jnp.linalg.solve(f, jnp.concatenate([s, j.reshape(*j.shape[:-2], -1)], -1))
     e_next = x[..., :K]
     e_next = 0.5 * (e_next + jnp.swapaxes(e_next, -1, -2))
     return (e_next, x[..., K:].reshape(j.shape)), None

@@ -9,7 +9,7 @@ Two models, chosen with ``ParasiticsConfig.method``:
   of every row, the bit lines, the driver and ADC segments) by block elimination,
   :func:`pcmjax.chip.nodal.transfer_pair`; valid at any wire resistance, float32 within
   ~1e-5 of a float64 nodal analysis, and about ``R K² (4K/3 + 2R)`` multiply-adds per
-  core (dense Cholesky and triangular solves), once per state.
+  core (one dense LU solve per row), once per state.
 
 Both give input-independent effective conductances (below), used by every MVM.
 
