@@ -23,7 +23,6 @@ is an error, never a silent default.
 
 from __future__ import annotations
 
-import typing as tp
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +116,7 @@ class _Converter:
     def __init__(self, exclude, hwa):
         self.paths, self.types = _parse_exclude(exclude)
         self.hwa = hwa
-        self.memo: dict[int, tp.Any] = {}
+        self.memo: dict[int, tuple] = {}
         self.found: set[str] = set()
         self.used_paths: set[str] = set()
         self.n_converted = 0
@@ -131,11 +130,12 @@ class _Converter:
         return isinstance(value, self.types) if self.types else False
 
     def visit(self, value, path, excluded=False):
-        if id(value) in self.memo:
-            return self.memo[id(value)]
+        seen = self.memo.get(id(value))
+        if seen is not None and seen[0] is value:
+            return seen[1]
         new = self._visit(value, path, excluded)
         if isinstance(value, (nnx.Module, list, dict, tuple)):
-            self.memo[id(value)] = new
+            self.memo[id(value)] = (value, new)  # holding ``value`` keeps its id from being reused
         return new
 
     def _visit(self, value, path, excluded):
