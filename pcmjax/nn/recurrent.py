@@ -304,7 +304,8 @@ class _StepRecorder(nnx.Module):
         inner = {}
         with _context.use(dataclasses.replace(outer, outputs=inner)):
             carry, y = self.cell(carry, x)
-        return carry, (y, inner)
+        # A cell records once per step (``[1, ...]``); the scan stacks the steps along its time axis.
+        return carry, (y, {k: v[0] if v.shape[0] == 1 else v for k, v in inner.items()})
 
 
 class AnalogRNN(nnx.RNN):
