@@ -338,9 +338,10 @@ def test_adc_gain_alone():
     # The analog gain spread (7 %) is calibrated away up to the calibration error (0.5 %).
     n = gain.size
     assert abs(gain.std() - cfg.adc.gain_std) < Z * cfg.adc.gain_std / math.sqrt(2 * n)
-    rel = ratio - 1.0
-    assert np.sqrt(np.mean(rel**2)) < Z * cfg.adc.cal_gain_error
-    assert np.std(rel) > 0.0
+    # ratio − 1 = 1/(1 + ε ξ) − 1 ≈ −ε ξ: zero mean, standard deviation ε = cal_gain_error.
+    rel, eps = ratio - 1.0, cfg.adc.cal_gain_error
+    assert abs(rel.mean()) < Z * eps / math.sqrt(n)
+    assert abs(rel.std() - eps) < Z * eps / math.sqrt(2 * n)
     assert np.all(np.asarray(state.beta) == 0.0)  # no offset without adc_offset
 
 
@@ -353,7 +354,10 @@ def test_adc_offset_alone():
     # Offset o is added in counts; the digital unit subtracts its estimate through β.
     np.testing.assert_allclose(y - _ref(X, W), np.broadcast_to((gamma * resid)[:, None, :], y.shape),
                                atol=1e-5)
-    assert np.max(np.abs(resid)) > 0.0
+    # The calibration leaves o − ô = −σ_cal ξ: zero mean, standard deviation cal_offset_error.
+    n, sigma = resid.size, cfg.adc.cal_offset_error
+    assert abs(resid.mean()) < Z * sigma / math.sqrt(n)
+    assert abs(resid.std() - sigma) < Z * sigma / math.sqrt(2 * n)
 
 
 @pytest.mark.parametrize("phases", [1, 4])
@@ -846,6 +850,17 @@ def test_non_scalar_time(small_state):
         small_state.at_time(_key(0), "1 h")
 
 
+def test_negative_time_under_jit_fails_when_run(small_state):
+    aged = jax.jit(lambda t: small_state.at_time(_key(0), t).comp)
+    np.testing.assert_array_equal(np.asarray(aged(0.0)), np.asarray(small_state.at_time(_key(0), 0.0).comp))
+    for t in (-1.0, float("nan")):
+        with pytest.raises(Exception, match="t must be >= 0 seconds after programming"):
+            jax.block_until_ready(aged(t))
+    conductances = jax.jit(jax.vmap(lambda t: small_state.conductances(_key(0), t)))
+    with pytest.raises(Exception, match="t must be >= 0 seconds after programming"):
+        jax.block_until_ready(conductances(jnp.array([1.0, -5.0])))
+
+
 def test_bits_out_of_range():
     with pytest.raises(ValueError, match="pwm.bits"):
         pj.PWMConfig(bits=1)
@@ -968,3 +983,106 @@ def test_valid_extremes_give_finite_outputs(cfg):
     y = np.asarray(y)
     assert np.all(np.isfinite(y)) and np.all(y > 0)
     assert np.max(y / np.asarray(st.gamma)[:, None, :]) > 500  # saturated counts (N_max = 511)
+
+
+# ---------------------------------------------------------------------------------------
+# The read path (pcmjax.chip.read.make_read) against a float64 NumPy conversion
+# ---------------------------------------------------------------------------------------
+
+_RC, _RB, _RR, _RK = 2, 128, 32, 16  # cores, batch, rows, cols of the read tests
+
+
+def _read_inputs(adc_on: bool):
+    """Inputs, normalised conductances, variances and ADC parameters (float32) of a read."""
+    rng = np.random.default_rng(11)
+    f32 = lambda v: np.asarray(v, np.float32)  # noqa: E731
+    x = f32(rng.uniform(-1.0, 1.0, (_RC, _RB, _RR)))
+    w2 = f32(rng.uniform(0.0, 1.0, (_RC, 2, _RR, _RK)) * (rng.uniform(size=(_RC, 2, _RR, _RK)) < 0.6))
+    var2 = f32(rng.uniform(0.0, 4e-3, w2.shape))
+    adc = dict(gain=f32(1.0 + 0.07 * rng.standard_normal((_RC, _RK))),
+               offset=f32(rng.standard_normal((_RC, _RK))),
+               nonlin=f32(np.abs(0.01 + 0.005 * rng.standard_normal((_RC, _RK))) * adc_on),
+               offset_est=f32(rng.standard_normal((_RC, _RK))))
+    return x, w2, var2, adc
+
+
+def _np_convert(s, adc, cfg, expand):
+    """One conversion per element of the charge ``s`` (float64): gain, offset, compression, ADC."""
+    a = _a(cfg)
+    g, o, b = (np.asarray(adc[n], np.float64)[expand] for n in ("gain", "offset", "nonlin"))
+    u = a * g * s + o
+    v = u / (1.0 + b * np.abs(u) / cfg.adc.n_max)
+    return np.clip(np.round(v), -cfg.adc.n_max, cfg.adc.n_max) if cfg.adc.enabled else v
+
+
+def _np_reads(x, w2, adc, cfg):
+    """float64 one-phase, four-phase and reference reads (PHYSICS.md §4, §5), noise off."""
+    lv = 2 ** (cfg.pwm.bits - 1) - 1
+    q = np.round(np.clip(np.asarray(x, np.float64), -1, 1) * lv) / lv
+    w2 = np.asarray(w2, np.float64)
+    alpha = cfg.polarity_asymmetry
+    col = (slice(None), None, slice(None))  # [C, K] → [C, 1, K]
+    one = _np_convert(np.einsum("cbr,crk->cbk", q * (1 + alpha * np.sign(q)), w2[:, 0] - w2[:, 1]), adc, cfg, col)
+    four = sum(sp * sq * _np_convert(np.einsum("cbr,crk->cbk", np.maximum(sp * q, 0), w2[:, j]), adc, cfg, col)
+               for sp in (1, -1) for j, sq in ((0, 1), (1, -1)))
+    q_ref = np.abs(q)
+    ref = sum(_np_convert(np.einsum("cbr,crk->cbk", q_ref, w2[:, j]), adc, cfg, col) for j in (0, 1))
+    ref = ref - 2 * np.asarray(adc["offset_est"], np.float64)[col]
+    return one, four, q_ref, ref
+
+
+@pytest.mark.parametrize("adc_on", [True, False])
+def test_make_read_matches_numpy_without_noise(adc_on):
+    from pcmjax.chip import make_read
+
+    cfg = pj.ChipConfig(n_cores=_RC, rows=_RR, cols=_RK, read_noise=False).set("adc.noise_std", 0.0)
+    cfg = cfg.set("adc.enabled", adc_on)
+    x, w2, var2, adc = _read_inputs(adc_on)
+    one, four, q_ref, ref = _np_reads(x, w2, adc, cfg)
+    w1 = (w2[:, :1] - w2[:, 1:])
+    got_one = np.asarray(make_read(cfg, "one_phase")(_key(0), x, w1, var2[:, :1], adc), np.float64)
+    got_four = np.asarray(make_read(cfg.replace(read_phases=4))(_key(0), x, w2, var2, adc), np.float64)
+    got_ref = np.asarray(make_read(cfg, "reference")(_key(0), np.abs(x), w2, var2, adc), np.float64)
+    for got, want in ((got_one, one), (got_four, four), (got_ref, ref)):
+        assert got.shape == (_RC, _RB, _RK)
+        if adc_on:  # integer counts; float32 charge may round the other way at a half count
+            diff = np.abs(got - want)
+            assert diff.max() <= 4.0 + 1e-4 and np.mean(diff > 1e-4) < 2e-3
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # The default read is the one of cfg.read_phases.
+    np.testing.assert_array_equal(make_read(cfg)(_key(0), x, w1, var2[:, :1], adc), got_one)
+    with pytest.raises(ValueError, match="kind"):
+        make_read(cfg, "two_phase")
+
+
+@pytest.mark.parametrize("kind", ["one_phase", "four_phase", "reference"])
+def test_make_read_noise_variance_closed_form(kind):
+    from pcmjax.chip import make_read
+
+    # No rounding or compression: the noise is additive, with the variance of PHYSICS.md §2.4
+    # per conversion, σ_ADC² + a² (1+δ)² Σ_i q_i² σ_i², summed over the conversions of a read.
+    cfg = pj.ChipConfig(n_cores=_RC, rows=_RR, cols=_RK).set("adc.enabled", False).set("adc.noise_std", 0.7)
+    x, w2, var2, adc = _read_inputs(False)
+    if kind == "reference":
+        x = np.abs(x)
+    w, var = (w2[:, :1] - w2[:, 1:], var2[:, :1] + var2[:, 1:]) if kind == "one_phase" else (w2, var2)
+    quiet = cfg.replace(read_noise=False).set("adc.noise_std", 0.0)
+    e = np.asarray(make_read(cfg, kind)(_key(3), x, w, var, adc), np.float64)
+    e -= np.asarray(make_read(quiet, kind)(_key(3), x, w, var, adc), np.float64)
+    lv = 2 ** (cfg.pwm.bits - 1) - 1
+    q = np.round(np.clip(np.asarray(x, np.float64), -1, 1) * lv) / lv
+    q = q * (1 + cfg.polarity_asymmetry * np.sign(q)) if kind == "one_phase" else q
+    g2 = (_a(cfg) * np.asarray(adc["gain"], np.float64)[:, None, :]) ** 2
+    var64 = np.asarray(var, np.float64)
+    if kind == "one_phase":
+        phases = [(q, var64[:, 0])]
+    elif kind == "four_phase":
+        phases = [(np.maximum(sp * q, 0), var64[:, j]) for sp in (1, -1) for j in (0, 1)]
+    else:
+        phases = [(q, var64[:, j]) for j in (0, 1)]
+    pred = sum(0.7**2 + g2 * np.einsum("cbr,crk->cbk", qp**2, vp) for qp, vp in phases)
+    z2 = e**2 / pred
+    n = z2.size
+    assert abs(np.mean(e / np.sqrt(pred))) < Z / math.sqrt(n)
+    assert abs(z2.mean() - 1.0) < Z * math.sqrt(2.0 / n)
