@@ -135,9 +135,7 @@ _TEMPERATURE = dict(temperature_k=350.0, read_temperature_k=330.0)
 
 
 def _extras():
-    from pcmjax.config import FaultConfig
-    from pcmjax.config import ParasiticsConfig
-    from pcmjax.config import TemperatureConfig
+    from pcmjax.config import FaultConfig, ParasiticsConfig, TemperatureConfig
 
     return dict(faults=FaultConfig(**_FAULTS), parasitics=ParasiticsConfig(**_PARASITICS),
                 temperature=TemperatureConfig(**_TEMPERATURE))
@@ -563,8 +561,7 @@ def _kb(v):
 
 @pytest.mark.parametrize("phases", [1, 4])
 def test_conductances_are_the_ones_at_time_uses(phases):
-    from pcmjax.config import ParasiticsConfig
-    from pcmjax.config import TemperatureConfig
+    from pcmjax.config import ParasiticsConfig, TemperatureConfig
 
     t_a, t_r, r_w, r_b = 340.0, 320.0, 20.0, 30.0
     cfg = DEFAULT.replace(read_phases=phases, parasitics=ParasiticsConfig(r_w, r_b),

@@ -91,7 +91,10 @@ def test_stuck_set_drift_exponent_single_device():
 def test_gradient_through_healthy_devices():
     key = jax.random.key(6)
     g = jnp.full((2, 2, 8, 8), 5.0)
-    f = lambda g: jnp.sum(faulty_conductances(key, g, jnp.zeros_like(g), 20.0, 2, 0.0, 0.2, 0.3, 0.1)[0])
+
+    def f(g):
+        return jnp.sum(faulty_conductances(key, g, jnp.zeros_like(g), 20.0, 2, 0.0, 0.2, 0.3, 0.1)[0])
+
     grad = np.asarray(jax.jit(jax.grad(f))(g))
     assert set(np.round(np.unique(grad), 6)) <= {0.0, 0.5, 1.0}
     assert (grad == 0).any() and (grad == 1).any()
