@@ -10,8 +10,10 @@ The loop, per polarity of a unit cell, vectorised over every device of every cor
    stays RESET.
 2. **Verify read** (HERMES: 0.2 V, a 512 ns read pulse, counted by the core's ADC). The read
    sees the polarity's conductance plus the device model's own 1/f read fluctuation over the
-   read pulse, ``device.read_sigma(g, verify_read_s)``, and the conversion's noise
-   (``verify_adc_noise`` counts rms), then is rounded to an integer count. The count scale
+   read pulse at its present conductance, ``device.read_sigma(g, verify_read_s)`` (about
+   1 % of ``g``; it matters most for the read of the SET state that aims the first pulse),
+   and the conversion's noise (``verify_adc_noise`` counts rms), then is rounded to an
+   integer count. The count scale
    is HERMES's: one device's share of ``g_max`` is ``counts_per_device`` = 80 counts
    (``G_max`` = 80 counts with one device per sign, 160 with two; 0.129 µS per count).
 3. **Stop** for good when the integer read is within ``tolerance_counts`` (HERMES: 5) of
