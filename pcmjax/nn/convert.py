@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pcmjax import _streams
 from pcmjax.nn.general import AnalogEinsum, AnalogLinearGeneral, _einsum_parts
 from pcmjax.nn.hwa import HWAConfig
 from pcmjax.nn.layers import AnalogConv, AnalogLayer, AnalogLinear, analog_layers
@@ -178,7 +179,9 @@ class _Converter:
 
     def _convert(self, module, path):
         name = _path_name(path)
-        rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(0x5043), self.n_converted))
+        # The new layer's own initialisation is overwritten by the original's parameters; its
+        # key only seeds the layer's HWA noise stream (one per converted layer).
+        rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(_streams.CONVERT), self.n_converted))
         new = _FACTORIES[type(module)](name, module, rngs)
         nnx.update(new, nnx.state(module, nnx.Param))
         if self.hwa is not None:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pcmjax import _streams
 from pcmjax.nn import _context
 from pcmjax.nn.general import _MaxTracking, _peek_key
 from pcmjax.nn.hwa import HWAConfig
@@ -75,7 +76,8 @@ class _AnalogCell(_MaxTracking, AnalogLayer):
     def _init_cell(self, rngs, kernel_key, mode, hwa):
         self._init_analog(rngs, kernel_key, mode, hwa)
         # Flax's cells keep an optional ``carry`` stream in ``rngs``; keep one beside ``hwa``.
-        self.rngs = nnx.Rngs(hwa=jax.random.fold_in(kernel_key, 0x4857), carry=jax.random.fold_in(kernel_key, 0x4341))
+        self.rngs = nnx.Rngs(hwa=jax.random.fold_in(kernel_key, _streams.HWA),
+                             carry=jax.random.fold_in(kernel_key, _streams.CARRY))
         self.step_count = StepCount(jnp.zeros((), jnp.uint32))
 
     def _groups(self) -> list:
@@ -115,7 +117,8 @@ class _AnalogCell(_MaxTracking, AnalogLayer):
             return _context.chip_matmul(self, x2d)  # raises its "not deployed" error
         step = self.step_count[...]
         self.step_count[...] = step + 1
-        with _context.use(dataclasses.replace(ctx, key=jax.random.fold_in(ctx.key, step))):
+        step_key = jax.random.fold_in(jax.random.fold_in(ctx.key, _streams.STEP), step)
+        with _context.use(dataclasses.replace(ctx, key=step_key)):
             return _context.chip_matmul(self, x2d)
 
     def _record_step(self, y):
