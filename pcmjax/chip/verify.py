@@ -13,9 +13,9 @@ The loop, per polarity of a unit cell, vectorised over every device of every cor
    read pulse at its present conductance, ``device.read_sigma(g, verify_read_s)`` (about
    1 % of ``g``; it matters most for the read of the SET state that aims the first pulse),
    and the conversion's noise (``verify_adc_noise`` counts rms), then is rounded to an
-   integer count. The count scale
-   is HERMES's: one device's share of ``g_max`` is ``counts_per_device`` = 80 counts
-   (``G_max`` = 80 counts with one device per sign, 160 with two; 0.129 µS per count).
+   integer count. The count scale is HERMES's: one device's share of ``g_max`` is
+   ``counts_per_device`` = 80 counts (``G_max`` = 80 counts with one device per sign, 160
+   with two; 0.129 µS per count).
 3. **Stop** for good when the integer read is within ``tolerance_counts`` (HERMES: 5) of
    the target, itself in whole counts: ``|read − round(g_T · counts/µS)| < 5``, a band of
    ±4 counts (a real-valued target would make the band's centre depend on the target's
@@ -74,9 +74,10 @@ Calibration: ``benchmarks/calibrate_verify.py`` fits ``pulse_spread``,
 ``pulse_spread_scale``, ``relax_fraction`` and ``set_relax_fraction`` to σ_prog of
 ``HermesPCM(num_devices=1)`` and ``HermesPCM(num_devices=2)`` jointly, at 10 levels from 0.1
 to 1.0 ``g_max``; the simulated σ is within 7 % of the fitted law at every level of both
-(table in ``benchmarks/RESULTS.md``). Below 0.5 ``g_max`` a two-device cell iterates one
-device, so there the two-device curve follows from the same per-device law as the
-one-device curve (``set_relax_fraction`` acts only above).
+(table in ``benchmarks/RESULTS.md``). Below about 0.65 ``g_max`` (the higher of two SET
+conductances, ~1.37 ``g_dev``) a two-device cell iterates one device, so there the
+two-device curve follows from the same per-device law as the one-device curve
+(``set_relax_fraction`` acts only above).
 
 References:
   Khaddam-Aljameh et al., JSSC 57, 1027 (2022); Le Gallo et al., Nat. Electron. 6, 680 (2023).
