@@ -5,24 +5,26 @@ holding the same parameters; everything else (embeddings, normalisation, activat
 pooling, attention scores and softmax, the user's own code) is left as it is and runs
 digitally, as on the chip's digital units:
 
-=============================  ======================================================
-``nnx.Linear``                 :class:`~pcmjax.nn.AnalogLinear`
-``nnx.Conv``                   :class:`~pcmjax.nn.AnalogConv`
-``nnx.LinearGeneral``          :class:`~pcmjax.nn.AnalogLinearGeneral` (attention q, k, v, out)
-``nnx.Einsum``                 :class:`~pcmjax.nn.AnalogEinsum`
-``nnx.LSTMCell``, ...          :class:`~pcmjax.nn.AnalogLSTMCell`, ... (one matrix per cell)
-``nnx.RNN`` of such a cell     :class:`~pcmjax.nn.AnalogRNN`
-=============================  ======================================================
+| Flax layer | analog layer |
+|---|---|
+| ``nnx.Linear`` | :class:`~pcmjax.nn.AnalogLinear` |
+| ``nnx.Conv`` | :class:`~pcmjax.nn.AnalogConv` |
+| ``nnx.LinearGeneral`` (attention q, k, v, out) | :class:`~pcmjax.nn.AnalogLinearGeneral` |
+| ``nnx.Einsum`` | :class:`~pcmjax.nn.AnalogEinsum` |
+| ``nnx.LSTMCell`` | :class:`~pcmjax.nn.AnalogLSTMCell` (one matrix per cell) |
+| ``nnx.OptimizedLSTMCell`` | :class:`~pcmjax.nn.AnalogOptimizedLSTMCell` |
+| ``nnx.GRUCell`` | :class:`~pcmjax.nn.AnalogGRUCell` |
+| ``nnx.SimpleCell`` | :class:`~pcmjax.nn.AnalogSimpleCell` |
+| ``nnx.RNN`` of such a cell | :class:`~pcmjax.nn.AnalogRNN` |
 
 In ``"digital"`` mode the converted model computes exactly what the original does.
 Each analog layer needs its input range (what the PWM's full scale stands for): give
 ``data`` and :func:`convert` measures them; otherwise measure them later with
-:func:`pcmjax.nn.set_input_scales`. Deploying a layer whose range was never measured
-is an error, never a silent default.
+:func:`measure_input_ranges`. Deploying a converted layer whose range was never
+measured is an error, never a silent default.
 """
 
 from __future__ import annotations
-
 
 import jax
 import jax.numpy as jnp
@@ -226,7 +228,7 @@ def convert(model: nnx.Module, *, data=None, exclude=None, hwa: HWAConfig | None
         tuple): one digital pass measures every analog layer's input range (the
         abs-max, or each layer's ``hwa.input_scale_quantile``, over the batch and every
         call, such as every time step). Without it, measure the ranges later with
-        :func:`pcmjax.nn.set_input_scales`; deploying before that is an error.
+        :func:`measure_input_ranges`; deploying before that is an error.
       exclude: layers to keep digital: a path (``"encoder/layers/0"``, as
         :func:`pcmjax.nn.plan` names layers, or a tuple), a module type (``nnx.Conv``)
         or a list of them; a path or type excludes everything inside it too.

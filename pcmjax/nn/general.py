@@ -61,11 +61,15 @@ class AnalogLinearGeneral(_MaxTracking, AnalogLayer, nnx.LinearGeneral):
     per MVM. Kernels with ``batch_axis`` (one matrix per batch index) are not supported.
 
     Args:
-      in_features, out_features, axis, use_bias, param_dtype, kernel_init, bias_init,
-        rngs: as in ``nnx.LinearGeneral``; further ``nnx.LinearGeneral`` keywords are
-        passed through (they affect only the digital mode).
+      in_features: size(s) of the contracted input axes.
+      out_features: size(s) of the output axes.
+      axis: the input axes contracted (default: the last).
+      use_bias: add a (digital) bias.
+      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernel, then the bias).
       mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
       hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
+      **kwargs: further ``nnx.LinearGeneral`` arguments (``kernel_init``, ``dtype``, ...);
+        the computation options matter in digital mode only.
     """
 
     def __init__(self, in_features, out_features, *, axis=-1, use_bias: bool = True, rngs: nnx.Rngs,
@@ -160,10 +164,14 @@ class AnalogEinsum(_MaxTracking, AnalogLayer, nnx.Einsum):
     construction (an ``einsum_str`` given per call is accepted only in digital mode).
 
     Args:
-      einsum_str, kernel_shape, bias_shape, param_dtype, kernel_init, bias_init, rngs:
-        as in ``nnx.Einsum``; further ``nnx.Einsum`` keywords are passed through.
+      einsum_str: the equation ``"input,kernel->output"``.
+      kernel_shape: shape of the kernel.
+      bias_shape: shape of the bias (``None``: no bias).
+      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernel, then the bias).
       mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
       hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
+      **kwargs: further ``nnx.Einsum`` arguments (``kernel_init``, ``dtype``, ...); the
+        computation options matter in digital mode only.
     """
 
     def __init__(self, einsum_str: str, kernel_shape, bias_shape=None, *, rngs: nnx.Rngs,

@@ -197,10 +197,12 @@ class AnalogLSTMCell(_LSTMStep, _AnalogCell, nnx.LSTMCell):
     """``nnx.LSTMCell`` on the chip: ``[x, h] @ [[W_ii W_if W_ig W_io], [W_hi W_hf W_hg W_ho]]``.
 
     Args:
-      in_features, hidden_features, rngs: as in ``nnx.LSTMCell``; further keywords
-        are passed to it.
+      in_features: size of the input ``x``.
+      hidden_features: size of the hidden state ``h``.
+      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
       mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
-      hwa: :class:`HWAConfig` used in ``"hwa"`` mode.
+      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
+      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
     """
 
     _flax_cls = nnx.LSTMCell
@@ -220,7 +222,13 @@ class AnalogLSTMCell(_LSTMStep, _AnalogCell, nnx.LSTMCell):
 class AnalogOptimizedLSTMCell(_LSTMStep, _AnalogCell, nnx.OptimizedLSTMCell):
     """``nnx.OptimizedLSTMCell`` on the chip (its ``[in, 4h]`` and ``[h, 4h]`` kernels, gates interleaved).
 
-    Args: as :class:`AnalogLSTMCell`.
+    Args:
+      in_features: size of the input ``x``.
+      hidden_features: size of the hidden state ``h``.
+      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
+      mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
+      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
+      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
     """
 
     _flax_cls = nnx.OptimizedLSTMCell
@@ -241,7 +249,13 @@ class AnalogOptimizedLSTMCell(_LSTMStep, _AnalogCell, nnx.OptimizedLSTMCell):
 class AnalogGRUCell(_AnalogCell, nnx.GRUCell):
     """``nnx.GRUCell`` on the chip: column groups ``r``, ``z``, ``[W_in; 0]`` and ``[0; W_hn]``.
 
-    Args: as :class:`AnalogLSTMCell`.
+    Args:
+      in_features: size of the input ``x``.
+      hidden_features: size of the hidden state ``h``.
+      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
+      mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
+      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
+      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
     """
 
     _flax_cls = nnx.GRUCell
@@ -269,7 +283,13 @@ class AnalogGRUCell(_AnalogCell, nnx.GRUCell):
 class AnalogSimpleCell(_AnalogCell, nnx.SimpleCell):
     """``nnx.SimpleCell`` on the chip: ``[x, h] @ [[W_i], [W_h]]``.
 
-    Args: as :class:`AnalogLSTMCell`.
+    Args:
+      in_features: size of the input ``x``.
+      hidden_features: size of the hidden state ``h``.
+      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
+      mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
+      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
+      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
     """
 
     _flax_cls = nnx.SimpleCell
@@ -320,7 +340,7 @@ class AnalogRNN(nnx.RNN):
     """
 
     @classmethod
-    def from_rnn(cls, rnn: nnx.RNN, cell) -> "AnalogRNN":
+    def from_rnn(cls, rnn: nnx.RNN, cell) -> AnalogRNN:
         """An :class:`AnalogRNN` with the settings (and carry stream) of ``rnn`` around ``cell``."""
         new = cls(cell, time_major=rnn.time_major, return_carry=rnn.return_carry, reverse=rnn.reverse,
                   keep_order=rnn.keep_order, unroll=rnn.unroll, state_axes=rnn.state_axes,
