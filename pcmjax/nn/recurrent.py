@@ -126,7 +126,12 @@ class _AnalogCell(_MaxTracking, AnalogLayer):
         if ctx is None or ctx.outputs is None or self.chip_index is None:
             return
         prev = ctx.outputs.get(self.chip_index)
-        ctx.outputs[self.chip_index] = y[None] if prev is None else jnp.concatenate([prev, y[None]])
+        if prev is None:
+            ctx.outputs[self.chip_index] = y[None]
+        elif getattr(prev, "ndim", None) == y.ndim + 1:  # stepped by hand: stack the steps
+            ctx.outputs[self.chip_index] = jnp.concatenate([prev, y[None]])
+        else:  # a recorder that accumulates by itself (the MVM counter of pcmjax.nn.layer_mvms)
+            ctx.outputs[self.chip_index] = y
 
     def _preacts(self, h, inputs, rngs):
         """The gate pre-activations ``[x, h] @ matrix()`` as a list of ``[..., hidden]``."""
@@ -361,7 +366,8 @@ class AnalogRNN(nnx.RNN):
         finally:
             self.cell = cell
         carry, (y, records) = out if return_carry else (None, out)
-        ctx.outputs.update(records)
+        for index, y_steps in records.items():  # item by item: a recorder may define __setitem__
+            ctx.outputs[index] = y_steps
         return (carry, y) if return_carry else y
 
 
