@@ -7,12 +7,14 @@ module imports its configuration from here. The public names are re-exported fro
 
 from pcmjax.config.chip import (
     COMPENSATION_MODES,
+    GDC_REFERENCES,
     NONIDEALITIES,
     PRESETS,
     PROGRAM_METHODS,
     W_MAX_MODES,
     ChipConfig,
     CompensationMode,
+    GDCReference,
     ProgramConfig,
     ProgramMethod,
     ReadMode,
@@ -29,5 +31,5 @@ __all__ = [
     "ChipConfig", "ProgramConfig", "GDPConfig", "FaultConfig", "ParasiticsConfig", "TemperatureConfig",
     "ADCConfig", "PWMConfig", "HWAConfig", "NONIDEALITIES", "PROGRAM_METHODS", "W_MAX_MODES",
     "COMPENSATION_MODES", "WRITE_METHODS", "OUT_NOISE_MODES", "ACTIVATION_NAMES", "ProgramMethod", "WMaxMode",
-    "CompensationMode", "OutNoiseMode", "Activation", "PRESETS", "ReadMode",
+    "CompensationMode", "OutNoiseMode", "Activation", "PRESETS", "ReadMode", "GDC_REFERENCES", "GDCReference",
 ]

@@ -18,6 +18,8 @@ ProgramMethod = Literal["one_shot", "verify", "gdp"]
 WMaxMode = Literal["tile", "column"]
 CompensationMode = Literal["none", "global", "column"]
 ReadMode = Literal["four_phase", "one_phase"]
+GDCReference = Literal["total", "one_hot", "set_devices", "signal"]
+GDC_REFERENCES = get_args(GDCReference)
 HermesProgramming = Literal["fitted", "verify"]
 # Study-file names of the presets (``[chip] preset = "hermes-four-phase"``).
 PRESETS = {"hermes-four-phase": ("four_phase", "fitted"), "hermes-one-phase": ("one_phase", "fitted"),
@@ -155,6 +157,13 @@ class ChipConfig:
         ``"column"`` (one per column), PHYSICS.md §5.
       gdc_input: amplitude of the all-equal reference input read for drift
         compensation, as a fraction of the ADC's full scale.
+      gdc_reference: what the drift-compensation reference measures (PHYSICS.md §5,
+        :mod:`pcmjax.chip.compensation`): ``"total"`` (default: the all-equal input read
+        against each polarity, the columns' total conductance), ``"one_hot"`` (mean
+        |output| of one-hot inputs, one per mapped row), ``"set_devices"`` (the total
+        conductance of the devices that hold weight only, leaving out RESET partners: a
+        designer's upper bound on what a better read could do) or ``"signal"`` (the exact
+        drift of the stored weights, ``⟨W₀, W_t⟩``: an oracle to compare the others with).
       faults: :class:`FaultConfig` (stuck devices, dead columns; default: none).
       parasitics: :class:`ParasiticsConfig` (wire resistance, IR drop; default: none).
       temperature: :class:`TemperatureConfig` (default: the reference temperature).
@@ -178,6 +187,7 @@ class ChipConfig:
     activation: Activation = "identity"
     drift_compensation: CompensationMode = "global"
     gdc_input: float = 0.5
+    gdc_reference: GDCReference = "total"
     faults: FaultConfig = FaultConfig()
     parasitics: ParasiticsConfig = ParasiticsConfig()
     temperature: TemperatureConfig = TemperatureConfig()
@@ -203,6 +213,7 @@ class ChipConfig:
         check_choice("activation", self.activation, ACTIVATION_NAMES)
         check_choice("drift_compensation", self.drift_compensation, COMPENSATION_MODES)
         check_float("gdc_input", self.gdc_input, 0.0, 1.0, lo_open=True)
+        check_choice("gdc_reference", self.gdc_reference, GDC_REFERENCES)
 
     # ------------------------------------------------------------------------------
     @classmethod
