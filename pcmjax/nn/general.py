@@ -116,7 +116,7 @@ class AnalogLinearGeneral(_MaxTracking, AnalogLayer, nnx.LinearGeneral):
             y = self._analog_matmul(xt.reshape(-1, n_in), rngs).reshape(free + tuple(self.out_features))
             if self.bias is not None:
                 y = y + jnp.reshape(self.bias[...], (1,) * len(free) + tuple(self.out_features))
-        _context.record(self, y)
+        _context.record(self, y.reshape(-1, self.matrix_shape()[1]))  # one row per MVM, as the crossbars
         return y
 
 
@@ -209,7 +209,8 @@ class AnalogEinsum(_MaxTracking, AnalogLayer, nnx.Einsum):
         self._track_input(x)
         if self.mode == "digital":
             y = nnx.Einsum.__call__(self, x, einsum_str, out_sharding=out_sharding)
-            _context.record(self, y)
+            if einsum_str is None or einsum_str.replace(" ", "") == self.einsum_str:
+                self._record(y, x.ndim)
             return y
         if einsum_str is not None and einsum_str.replace(" ", "") != self.einsum_str:
             raise ValueError(f"an analog Einsum computes its constructor's equation {self.einsum_str!r}; "
@@ -224,8 +225,13 @@ class AnalogEinsum(_MaxTracking, AnalogLayer, nnx.Einsum):
         if self.bias is not None:
             y = y + jnp.reshape(self.bias[...], self._infer_broadcasted_bias_shape(self.einsum_str, x,
                                                                                   self.kernel[...]))
-        _context.record(self, y)
+        self._record(y, x.ndim)
         return y
+
+    def _record(self, y, x_ndim):
+        """Record the output as the crossbars give it: one row per MVM, ``[rows, produced]``."""
+        _, _, out_spec, batch, _, produced = self._roles(x_ndim)
+        _context.record(self, jnp.einsum(f"{out_spec}->{batch}{produced}", y).reshape(-1, self.matrix_shape()[1]))
 
 
 __all__ = ["AnalogLinearGeneral", "AnalogEinsum"]
