@@ -44,9 +44,10 @@ class HWAConfig:
       adc_bits: output bits including sign (recipe: 8); ``None``: no output quantisation.
       out_bound: ADC full scale of one tile's output in normalised units (inputs and
         weights at most 1): ``ADCConfig.full_scale · rows`` of the chip (0.1 · 256).
-      out_noise: standard deviation of additive Gaussian noise on every tile output.
+      out_noise: standard deviation of additive Gaussian noise on every tile output
+        (default 0.04; see "The recipe" below).
       out_noise_mode: ``"relative"``: ``out_noise`` is a fraction of the batch's largest
-        tile output ("~10 % of the output range"); ``"absolute"``: in normalised units.
+        |tile output|; ``"absolute"``: in normalised units.
       weight_clip: clip each kernel at ``weight_clip`` standard deviations of its
         entries (``None``: no clipping). Also applied after every optimiser step by
         :func:`pcmjax.nn.clip_weights`.
@@ -54,6 +55,20 @@ class HWAConfig:
         sums are quantised and noised separately, then added (as on the chip).
       input_scale_momentum: momentum of the running estimate of the layer's input range.
       input_scale_quantile: quantile of ``|x|`` the input range tracks (1.0: abs-max).
+
+    The recipe. HERMES's networks were trained (PHYSICS.md §6) with weight noise twice the
+    PCM-like programming noise (``prog_noise_scale=2, noise_device="pcm_like"``), 8-bit input
+    and output quantisation (``pwm_bits=adc_bits=8``), 256×256 tiles (``tile_rows=256``),
+    weights clipped (here at 3 standard deviations of each kernel, ``weight_clip=3``, since
+    the kernels are not normalised to 1 as HERMES's were) and additive output noise of
+    "10 % of the output range". The last is ambiguous; these defaults read the output range
+    as the span ``[−m, m]`` of a batch's tile outputs (``m`` = largest |output|) and the 10 %
+    as the width of the noise's central ±1.25σ band, so ``σ = 0.1 · 2m / 5 = 0.04 m``
+    (``out_noise=0.04``). Reading it as ``σ = 0.1 m`` is ``HWAConfig(out_noise=0.1)``.
+    Beyond the recipe, drift is injected at a log-uniform time between 1 s and a year with
+    the HERMES model's drift and 1/f noise, and global drift compensation
+    (``drift_time``, ``drift_device``, ``drift_noise``, ``drift_compensation``), as the
+    chip's own compensation will see it.
     """
 
     prog_noise_scale: float = 2.0
