@@ -48,7 +48,12 @@ def check_finite_array(x, name: str):
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(f"{name} must be finite, got {arr[tuple(bad)]} at index {tuple(int(i) for i in bad)}.")
-    return jnp.asarray(x, jnp.float32)
+    arr32 = arr.astype(np.float32)
+    if not np.all(np.isfinite(arr32)):  # finite in float64 but beyond float32's range
+        bad = np.argwhere(~np.isfinite(arr32))[0]
+        raise ValueError(f"{name} must fit in float32 (|x| < 3.4e38), got {arr[tuple(bad)]} at index "
+                         f"{tuple(int(i) for i in bad)}.")
+    return jnp.asarray(arr32)
 
 
 def check_weights(weights, cfg):

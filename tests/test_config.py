@@ -130,11 +130,16 @@ def test_preset_entry_is_the_starting_point(cfg, preset):
     assert ChipConfig.from_dict({"preset": preset, **partial}) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="update() sets a section's entries one at a time: bits=8 meets the "
-                                       "preset's max_count=422 before max_count=200 arrives")
 def test_section_entries_apply_together():
     cfg = ChipConfig.from_dict({"preset": "hermes-four-phase", "adc": {"bits": 8, "max_count": 200}})
     assert (cfg.adc.bits, cfg.adc.max_count) == (8, 200)
+
+
+def test_set_reaches_every_level():
+    cfg = ChipConfig().set("program.gdp.steps", 7)
+    assert cfg.program.gdp.steps == 7 and cfg.program.gdp.learning_rate == ChipConfig().program.gdp.learning_rate
+    with pytest.raises(TypeError, match="has no option"):
+        ChipConfig().set("program.gdp.nope", 1)
 
 
 def test_default_configuration_round_trips():

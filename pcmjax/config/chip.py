@@ -295,14 +295,16 @@ class ChipConfig:
         return self.without(*(n for n in NONIDEALITIES if n not in names))
 
     def set(self, path: str, value) -> "ChipConfig":
-        """A copy with one (possibly nested, ``"adc.bits"``) field changed."""
+        """A copy with one (possibly nested, ``"adc.bits"``, ``"program.gdp.steps"``) field changed."""
         head, _, rest = path.partition(".")
         if not rest:
             return self.replace(**{head: value})
-        sub = getattr(self, head, None)
-        if not dataclasses.is_dataclass(sub):
+        if not dataclasses.is_dataclass(getattr(self, head, None)):
             raise ValueError(f"unknown option {path!r}; nested sections are {_sections()}.")
-        return self.replace(**{head: _replace(sub, {rest: value}, head)})
+        nested = value
+        for part in reversed(rest.split(".")):
+            nested = {part: nested}
+        return self.update({head: nested})
 
     @classmethod
     def preset(cls, name: str) -> "ChipConfig":
@@ -325,7 +327,12 @@ class ChipConfig:
         return cls().update(d)
 
     def update(self, d: dict, prefix: str = "") -> "ChipConfig":
-        """A copy with the (possibly nested) entries of ``d`` applied."""
+        """A copy with the (possibly nested) entries of ``d`` applied.
+
+        The entries of one section are applied together, so a valid result is reached even
+        where one entry alone would not be valid (``{"adc": {"bits": 8, "max_count": 200}}``
+        on a config whose ``max_count`` is 422).
+        """
         if not isinstance(d, dict):
             raise TypeError(f"chip options must be a mapping, got {type(d).__name__}.")
         cfg = self
@@ -335,8 +342,7 @@ class ChipConfig:
                 sub = getattr(cfg, key, None)
                 if not dataclasses.is_dataclass(sub):
                     raise ValueError(f"unknown chip option section {path!r}; sections: {_sections()}.")
-                for k2, v2 in value.items():
-                    cfg = cfg.set(f"{key}.{k2}", v2)
+                cfg = cfg.replace(**{key: _replace_nested(sub, value, path)})
             else:
                 cfg = cfg.set(path, value)
         return cfg
@@ -354,6 +360,14 @@ class ChipConfig:
 def _sections() -> list[str]:
     """Names of the nested sections of :class:`ChipConfig` (its dataclass-valued fields)."""
     return [f.name for f in dataclasses.fields(ChipConfig) if dataclasses.is_dataclass(f.default)]
+
+
+def _replace_nested(obj, changes: dict, name: str):
+    """``obj`` with ``changes`` applied in one step; a mapping given for a nested section changes it."""
+    changes = {k: (_replace_nested(getattr(obj, k), v, f"{name}.{k}")
+                   if isinstance(v, dict) and dataclasses.is_dataclass(getattr(obj, k, None)) else v)
+               for k, v in changes.items()}
+    return _replace(obj, changes, name)
 
 
 def _replace(obj, changes: dict, name: str):
