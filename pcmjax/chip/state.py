@@ -177,6 +177,9 @@ def _program_devices(key, k_prog, k_nu, g_target, device, cfg):
 
 @partial(jax.jit, static_argnames=("cfg",))
 def _program(key, weights, device, cfg):
+    # Closed-over weights would make every programming step a constant expression for XLA
+    # to fold at compile time (minutes for a full chip); see _unfolded.
+    weights = jax.lax.optimization_barrier(weights)
     k_prog, k_nu, k_adc, k_ref = jax.random.split(key, 4)
     with jax.named_scope("map"):
         g_target, w_max = map_weights(weights, device.g_max, cfg)
@@ -201,8 +204,24 @@ def _program(key, weights, device, cfg):
 
 
 def _aged(key, state: ChipState, t, **kw):
-    """``age`` of the state's devices: ``(g, var)``, ``[C, 2, R, K]`` each."""
+    """``age`` of the state's devices: ``(g, var)``, ``[C, 2, R, K]`` each.
+
+    The barrier keeps a closed-over (constant) state from being aged by XLA's constant
+    folder at compile time (see :func:`_unfolded`)."""
+    state = _unfolded(state)
     return age(key, state.g_prog, state.nu, state.g_target, state.device, state.cfg, t, **kw)
+
+
+def _unfolded(state: ChipState) -> ChipState:
+    """The state with its per-device arrays behind an optimisation barrier.
+
+    A caller's ``jit`` that closes over a programmed state (or over the weights, see
+    ``_program``) hands XLA the ageing and reference reads as constant expressions, which
+    its constant folder evaluates at compile time, minutes for a full chip. Behind the
+    barrier they are computed at run time; the barrier itself costs nothing there.
+    """
+    g_prog, nu, g_target = jax.lax.optimization_barrier((state.g_prog, state.nu, state.g_target))
+    return state.replace(g_prog=g_prog, nu=nu, g_target=g_target)
 
 
 def _initial_reference(key, state: ChipState):
@@ -224,6 +243,7 @@ def _device_conductances(key, state: ChipState, t, effective):
 def _prepare(key, state: ChipState, t):
     """The state at ``t``: aged conductances in the layout of the read, compensation factor."""
     cfg = state.cfg
+    state = _unfolded(state)
     k_age, k_ref, _ = jax.random.split(key, 3)
     with jax.named_scope("age"):
         g, var = _aged(k_age, state, t)
@@ -268,6 +288,7 @@ def apply_faults(key, state: ChipState, faults: FaultConfig) -> ChipState:
 @jax.jit
 def _apply_faults(key, state, stuck_set, stuck_reset, dead_columns):
     k_f, k_ref, k_t = jax.random.split(key, 3)
+    state = _unfolded(state)
     dev, cfg = state.device, state.cfg
     g, nu = faulty_conductances(k_f, state.g_prog, state.nu, dev.g_max, int(dev.num_devices),
                                 set_drift_exponent(dev, cfg.drift), stuck_set, stuck_reset, dead_columns)
