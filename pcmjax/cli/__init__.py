@@ -4,6 +4,7 @@
 
     pcmjax study                          # the default study into ./pcmjax-results
     pcmjax study --config study.toml      # a study file (see pcmjax.montecarlo.config)
+    pcmjax study --print-config           # a commented template of every study-file key
     pcmjax study --instances 1000 -o big  # override instances / seed / output / chunking
     pcmjax study --distributed --coordinator host0:1234 --num-processes 2 --process-id 0
     pcmjax results pcmjax-results         # the summary table of a finished run
@@ -17,7 +18,7 @@ cached in ``$PCMJAX_CACHE/xla`` (default ``~/.cache/pcmjax/xla``), so a second r
 the same study (for instance after an interruption) skips most of the compilation.
 
 One module per subcommand (``_study``, ``_results``, ``_info`` with ``_network_info``,
-``_fit``), each ``run(args) -> exit status``; :mod:`pcmjax.cli._cli` holds the argument
+``_fit``, ``_template`` for ``study --print-config``), each ``run(args) -> exit status``; :mod:`pcmjax.cli._cli` holds the argument
 parser and imports a subcommand's module only when it runs.
 """
 

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                        "chip, 1 s to 1 year after programming, 100 instances, variants none / gdc / calibrated. "
                        "An interrupted run resumes when started again with the same command.")
     s.add_argument("--config", "-c", metavar="STUDY.toml", help="study file (TOML); default: the embedded study")
+    s.add_argument("--print-config", action="store_true", help="print a commented template of every study-file "
+                   "key (the default study) and exit")
     s.add_argument("--output", "-o", metavar="DIR", help="output folder (default: [study] output, or "
                    "./pcmjax-results)")
     s.add_argument("--instances", "-n", type=_positive_int, help="number of chip instances")
@@ -78,7 +80,9 @@ def _command(name: str):
     """The ``run`` function of a subcommand's module."""
     # Imported here, not at the top: a subcommand's module imports JAX, Flax and the
     # simulator (seconds), which `pcmjax --help` and the other subcommands do not need.
-    if name == "study":
+    if name == "template":
+        from pcmjax.cli import _template as module
+    elif name == "study":
         from pcmjax.cli import _study as module
     elif name == "results":
         from pcmjax.cli import _results as module
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
         return _command("fit")(argv[1:])
     args = _parser().parse_args(argv)
     try:
+        if args.command == "study" and args.print_config:
+            return _command("template")(args)
         return _command(args.command)(args)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:  # StudyMismatchError is a ValueError
         print(f"pcmjax {args.command}: error: {e}", file=sys.stderr)

@@ -3,7 +3,10 @@ its parameters, and the default study's network (a digits MLP, trained once and 
 
 A checkpoint is one ``.npz`` file: a JSON header (format, architecture, extras such as
 the training accuracy) and every parameter, batch statistic and random-number state of
-the ``nnx`` module, under its path in the module.
+the ``nnx`` module, under its path in the module (``param/layers/0/kernel``). Any
+module can be saved: without an architecture description (a network of your own), the
+module is rebuilt by your factory and the file's arrays are loaded into it with
+:func:`pcmjax.montecarlo.custom.load_params`.
 """
 
 from __future__ import annotations
@@ -53,16 +56,25 @@ def _flat_state(model):
     return nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat)))
 
 
-def save_network(path, model, architecture: dict, **info) -> Path:
+def save_network(path, model, architecture: dict | None = None, **info) -> Path:
     """Write a network checkpoint (``.npz``): architecture, parameters and statistics.
 
     Args:
       path: file to write.
-      model: the network (an ``nnx.Module`` made by :func:`build_network` from
-        ``architecture``).
-      architecture: its description (see :func:`build_network`).
+      model: the network: any ``nnx.Module`` (its ``nnx.Param`` and ``nnx.BatchStat``
+        variables, including analog layers' input ranges, are stored).
+      architecture: for a network made by :func:`build_network`, its description, so
+        :func:`load_network` can rebuild it; ``None`` for any other module (a study
+        rebuilds it with its ``[workload] model`` factory).
       **info: JSON-able extras stored with it (training accuracy, ...).
+
+    Returns:
+      the path written.
     """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model must be a flax.nnx.Module, got {type(model).__name__}.")
+    if architecture is not None and not isinstance(architecture, dict):
+        raise TypeError(f"architecture must be a dict (see build_network) or None, got {architecture!r}.")
     arrays = {"param/" + "/".join(map(str, p)): np.asarray(v.get_value()) for p, v in _flat_state(model)}
     for p, v in nnx.to_flat_state(nnx.state(model, nnx.RngState)):
         value = v.get_value()
@@ -91,6 +103,10 @@ def load_network(path):
     if header.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{str(path)!r}: checkpoint format must be {CHECKPOINT_FORMAT!r}, "
                          f"got {header.get('format')!r}.")
+    if header.get("architecture") is None:
+        raise ValueError(f"{str(path)!r} holds a network of your own (saved without an architecture): rebuild it "
+                         "with its factory and load the weights with pcmjax.montecarlo.custom.load_params(model, "
+                         "path), or name the factory in a study file ([workload] model = \"module:factory\").")
     # Build the network abstractly (no initialiser runs) and fill in the stored values.
     model = nnx.eval_shape(lambda: build_network(header["architecture"]))
     state = nnx.state(model)
@@ -122,7 +138,8 @@ DEFAULT_TRAINING = {"mode": "hwa", "epochs": 30, "batch_size": 64, "learning_rat
 
 
 def default_network_path() -> Path:
-    return cache_dir() / "networks" / "digits-mlp-64-256-256-10-hwa-v1.npz"
+    # v2: example order and HWA noise drawn from jax.random keys (pcmjax.nn.train(key, ...)).
+    return cache_dir() / "networks" / "digits-mlp-64-256-256-10-hwa-v2.npz"
 
 
 def default_network(path=None, *, log=print):

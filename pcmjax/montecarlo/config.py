@@ -54,6 +54,8 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
+
 try:
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
@@ -66,7 +68,9 @@ from pcmjax import devices
 from pcmjax._validate import check_bool, check_choice, check_int
 from pcmjax.config import ChipConfig
 from pcmjax.montecarlo._memory import parse_bytes
-from pcmjax.montecarlo.checkpoints import default_network
+from pcmjax.montecarlo import custom
+from pcmjax.montecarlo.checkpoints import default_network, load_network
+from pcmjax.montecarlo.datasets import load_npz_dataset
 from pcmjax.montecarlo.network import NetworkWorkload
 from pcmjax.montecarlo.study import DAY, HOUR, MINUTE, MONTH, WEEK, YEAR, Study, Variant, log_times
 from pcmjax.montecarlo.workloads import MVMWorkload
@@ -78,8 +82,8 @@ DEFAULT_INSTANCES = 100
 SECTIONS = ("study", "workload", "device", "chip", "variants", "run")
 STUDY_KEYS = ("name", "instances", "seed", "times", "metrics", "output")
 RUN_KEYS = ("chunk_size", "memory_budget", "devices", "plots", "vmap_width")
-NETWORK_KEYS = ("kind", "checkpoint", "dataset", "data_dir", "eval_examples", "calibration_examples", "calibration",
-                "calibration_steps", "n_chips")
+NETWORK_KEYS = ("kind", "model", "model_args", "exclude", "checkpoint", "dataset", "data_dir", "eval_examples",
+                "calibration_examples", "calibration", "calibration_steps", "n_chips")
 MVM_KEYS = ("kind", "cores", "rows", "cols", "batch", "calibration_batch", "weights", "inputs", "data_seed")
 WORKLOAD_KINDS = ("network", "mvm")
 DEVICE_MODELS = {"hermes": "HermesPCM", "pcm_like": "PCMLike", "state_independent": "StateIndependent"}
@@ -193,6 +197,11 @@ def build_workload(d: dict, base: Path = Path(".")):
         except (TypeError, ValueError) as e:
             raise ConfigError(f"[workload] {e}") from e
     _check_keys(d, NETWORK_KEYS, "[workload] (kind = \"network\")")
+    if "model" in d:
+        return _custom_workload(d, base)
+    for k in ("model_args", "exclude"):
+        if k in d:
+            raise ConfigError(f"[workload] {k} belongs to a network of your own: give model = \"module:factory\" too.")
     ckpt = d.get("checkpoint", "default")
     if ckpt == "default":
         _, path = default_network()
@@ -200,10 +209,42 @@ def build_workload(d: dict, base: Path = Path(".")):
         path = _path(ckpt, base, "[workload] checkpoint")
     kwargs = {k: d[k] for k in ("calibration", "calibration_steps", "n_chips") if k in d}
     data_dir = _path(d["data_dir"], base, "[workload] data_dir") if "data_dir" in d else None
+    dataset = d.get("dataset", "digits")
     try:
+        if isinstance(dataset, str) and dataset.endswith(".npz"):
+            model, arch, _ = load_network(path)
+            x, y, x_cal = load_npz_dataset(_path(dataset, base, "[workload] dataset"), d.get("eval_examples"),
+                                           d.get("calibration_examples", 128))
+            return NetworkWorkload(model, x, y, x_cal, description=f"{path.name} on {Path(dataset).name}",
+                                   spec_extra={"architecture": arch, "dataset": Path(dataset).name}, **kwargs)
         return NetworkWorkload.from_checkpoint(
-            path, d.get("dataset", "digits"), data_dir=data_dir, eval_examples=d.get("eval_examples"),
+            path, dataset, data_dir=data_dir, eval_examples=d.get("eval_examples"),
             calibration_examples=d.get("calibration_examples", 128), **kwargs)
+    except (OSError, TypeError, ValueError) as e:
+        raise ConfigError(f"[workload] {e}") from e
+
+
+def _custom_workload(d: dict, base: Path):
+    """A network of your own: ``model = "module:factory"``, its checkpoint and a data set."""
+    if "checkpoint" not in d or d["checkpoint"] == "default":
+        raise ConfigError("[workload] model = \"module:factory\" needs checkpoint = \"weights.npz\" (a file "
+                          "pcmjax.montecarlo.save_network wrote, or a plain .npz of the parameters by path).")
+    dataset = d.get("dataset")
+    if not isinstance(dataset, str) or not dataset.endswith(".npz"):
+        raise ConfigError(f"[workload] model = \"module:factory\" needs dataset = \"data.npz\" (x and y, or token "
+                          f"sequences x), got {dataset!r}.")
+    kwargs = {k: d[k] for k in ("calibration", "calibration_steps", "n_chips") if k in d}
+    ckpt = _path(d["checkpoint"], base, "[workload] checkpoint")
+    data = _path(dataset, base, "[workload] dataset")
+    try:
+        x, y, x_cal = load_npz_dataset(data, d.get("eval_examples"), d.get("calibration_examples", 128))
+        model = custom.build_model(d["model"], d.get("model_args"), base)
+        sample = x_cal[:, :-1] if y is None else np.asarray(x_cal, np.float32)
+        model = custom.prepare_network(model, ckpt, sample, exclude=d.get("exclude"))
+        extra = {"model": d["model"], "model_args": d.get("model_args", {}), "checkpoint": ckpt.name,
+                 "dataset": data.name}
+        return NetworkWorkload(model, x, y, x_cal, description=f"{d['model']} ({ckpt.name}) on {data.name}",
+                               spec_extra=extra, **kwargs)
     except (OSError, TypeError, ValueError) as e:
         raise ConfigError(f"[workload] {e}") from e
 
@@ -252,14 +293,19 @@ def study_from_dict(cfg: dict, base: Path = Path("."), overrides: dict | None = 
         except (TypeError, ValueError) as e:
             raise ConfigError(f"[run] {e}") from e
     chip_table = cfg.get("chip", {})
-    _check_keys(chip_table, [f.name for f in dataclasses.fields(ChipConfig)], "[chip]")
+    _check_keys(chip_table, ["preset", *(f.name for f in dataclasses.fields(ChipConfig))], "[chip]")
     try:
         chip = ChipConfig.from_dict(chip_table)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[chip] {e}") from e
     device = build_device(cfg.get("device", {}), base)
+    device_table = cfg.get("device", {})
+    if isinstance(device_table, dict) and "file" in device_table:
+        kwargs_file = {"device_file": str(_path(device_table["file"], base, "[device] file"))}
+    else:
+        kwargs_file = {}
     workload = build_workload(cfg.get("workload", {}), base)
-    kwargs = {}
+    kwargs = dict(kwargs_file)
     if "variants" in cfg:
         kwargs["variants"] = build_variants(cfg["variants"])
     if "metrics" in st:

@@ -46,3 +46,69 @@ def _cached_digits(as_images: bool):
     except OSError:  # a read-only cache: fine, just slower next time
         pass
     return ds
+
+
+NPZ_KEYS = ("x", "y", "x_cal")
+
+
+def _array_error(path, name, arr, allowed):
+    return ValueError(f"dataset {str(path)!r}: {name} has shape {tuple(arr.shape)} and dtype {arr.dtype}; "
+                      f"allowed: {allowed}.")
+
+
+def _check_npz(path, arrays: dict):
+    """Check the arrays of a ``.npz`` data set (see :func:`load_npz_dataset`)."""
+    unknown = sorted(set(arrays) - set(NPZ_KEYS))
+    if "x" not in arrays or unknown:
+        raise ValueError(f"dataset {str(path)!r} holds arrays {sorted(arrays)}; it needs 'x' (and 'y' for "
+                         f"classification, optionally 'x_cal'), allowed: {list(NPZ_KEYS)}.")
+    x = arrays["x"]
+    y = arrays.get("y")
+    if y is None:  # token sequences
+        if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 2 or not np.issubdtype(x.dtype, np.integer):
+            raise _array_error(path, "x", x, "without 'y', token sequences: integers of shape [sequences, "
+                                             "length >= 2]")
+        if x.min() < 0:
+            raise ValueError(f"dataset {str(path)!r}: token ids in x must be >= 0, got {int(x.min())}.")
+    else:
+        if x.ndim < 2 or x.shape[0] < 1 or not (np.issubdtype(x.dtype, np.floating)
+                                                 or np.issubdtype(x.dtype, np.integer)):
+            raise _array_error(path, "x", x, "for classification, numbers of shape [examples, features...]")
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"dataset {str(path)!r}: x must be finite.")
+        if y.ndim != 1 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+            raise _array_error(path, "y", y, f"class labels: integers >= 0 of shape [{x.shape[0]}] (one per "
+                                             "example of x)")
+    if "x_cal" in arrays:
+        c = arrays["x_cal"]
+        same_kind = np.issubdtype(c.dtype, np.integer) if y is None else np.issubdtype(c.dtype, np.number)
+        if c.ndim != x.ndim or c.shape[1:] != x.shape[1:] or c.shape[0] < 1 or not same_kind:
+            raise _array_error(path, "x_cal", c, f"examples like x: shape [n, {', '.join(map(str, x.shape[1:]))}], "
+                                                 f"{'integers' if y is None else 'numbers'}")
+
+
+def load_npz_dataset(path, eval_examples=None, calibration_examples=128):
+    """``(x_eval, y_eval, x_cal)`` from a ``.npz`` file.
+
+    The file holds ``x`` and integer labels ``y`` (classification), or integer token
+    sequences ``x`` ``[sequences, length]`` alone (language modelling: each token
+    predicts the next one; ``y_eval`` is then ``None``), and optionally calibration
+    inputs ``x_cal`` (default: the first ``calibration_examples`` of ``x``), on which
+    input ranges are measured too.
+
+    Raises:
+      ValueError: an array is missing or has the wrong shape or dtype (the message names
+        it, its shape and dtype, and what is allowed).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"dataset {str(path)!r} does not exist.") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"dataset {str(path)!r} is not a readable .npz file ({e}).") from e
+    _check_npz(path, arrays)
+    x, y = arrays["x"], arrays.get("y")
+    n_eval = x.shape[0] if eval_examples is None else min(int(eval_examples), x.shape[0])
+    x_cal = arrays.get("x_cal", x)[: int(calibration_examples)]
+    return x[:n_eval], None if y is None else y[:n_eval], x_cal

@@ -3,7 +3,10 @@
 Built on :mod:`pcmjax.nn`: :func:`pcmjax.nn.plan` / :func:`pcmjax.nn.deploy` give the
 tile layout and the pure forward pass (``DeployedModel.apply``); every chip instance
 programs the network's tiles from its own key, ages to ``t`` and runs the evaluation
-set. Metrics: ``accuracy``, ``loss`` (mean cross-entropy) and, per analog layer,
+set. Metrics: ``accuracy``, ``loss`` (mean cross-entropy) (for a language model, whose
+evaluation set is token sequences: ``bpc``, the mean cross-entropy of each next token in
+bits, i.e. bits per character for a character model, and ``accuracy`` of the next token)
+and, per analog layer,
 ``layer_error/<layer>``: the relative error ``‖y_chip − y_digital‖ / ‖y_digital‖`` of the
 layer's output (before its activation) on the evaluation set, with the chip's errors
 accumulated through the preceding layers, as the network experiences them.
@@ -30,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from pcmjax import nn as pnn
 from pcmjax._validate import check_choice, check_int
@@ -38,18 +42,43 @@ from pcmjax.config import ChipConfig
 from pcmjax.montecarlo.checkpoints import array_fingerprint, load_network, params_fingerprint
 from pcmjax.montecarlo.datasets import load_dataset
 from pcmjax.montecarlo.workloads import Workload, fit_column_affine, relative_error, state_conductances
+from pcmjax.nn.recurrent import CELLS
 
 CALIBRATION_METHODS = ("lstsq", "gradient")
+_LM = "lm"  # attribute of the wrapper around a language model
+
+
+class _NextToken(nnx.Module):
+    """A language model as the deployed forward pass runs it: token ids arrive as float
+    arrays (every deployed input is), the model receives them as integers."""
+
+    def __init__(self, model):
+        setattr(self, _LM, model)
+
+    def __call__(self, x):
+        return getattr(self, _LM)(jnp.asarray(x).astype(jnp.int32))
+
+
+def _column_bias(layer, cols: int):
+    """The bias the layer adds after its recorded MVM output, as ``[cols]`` (zeros for a
+    recurrent cell, which records its pre-activations before the bias)."""
+    b = None if isinstance(layer, tuple(CELLS.values())) else getattr(layer, "bias", None)
+    if b is None or not getattr(layer, "use_bias", True) or int(np.prod(b.shape)) != cols:
+        return jnp.zeros((cols,), jnp.float32)
+    return jnp.asarray(b[...], jnp.float32).reshape(cols)
 
 
 class NetworkWorkload(Workload):
     """A trained network deployed on each chip instance.
 
     Args:
-      model: an ``nnx.Module`` with :class:`pcmjax.nn.AnalogLinear` / ``AnalogConv`` layers.
-      x_eval, y_eval: evaluation inputs and integer labels.
-      x_cal: unlabelled calibration inputs (for calibrated variants; default: the first
-        128 evaluation inputs).
+      model: an ``nnx.Module`` with analog layers (:func:`pcmjax.nn.convert` makes them).
+      x_eval, y_eval: evaluation inputs and integer labels; or, with ``y_eval=None``,
+        integer token sequences ``[sequences, length]`` of a language model, which maps
+        tokens ``[N, T]`` to next-token logits ``[N, T, vocab]`` and is evaluated on
+        every sequence's first ``length − 1`` tokens (metric ``bpc``).
+      x_cal: unlabelled calibration inputs, or token sequences (for calibrated
+        variants; default: the first 128 evaluation inputs).
       calibration: ``"lstsq"`` or ``"gradient"`` (see the module docstring).
       calibration_steps: optimiser steps of ``"gradient"`` calibration.
       n_chips: chips the network may span.
@@ -64,8 +93,12 @@ class NetworkWorkload(Workload):
                  calibration_steps: int = 200, n_chips: int = 1, description: str = "network",
                  spec_extra: dict | None = None):
         if not pnn.analog_layers(model):
-            raise ValueError("the network has no analog layers (pcmjax.nn.AnalogLinear / AnalogConv) to deploy.")
+            raise ValueError("the network has no analog layers (pcmjax.nn.AnalogLinear / AnalogConv) to deploy; "
+                             "convert a Flax model with pcmjax.nn.convert.")
         check_choice("calibration", calibration, CALIBRATION_METHODS)
+        self.language_model = y_eval is None
+        if self.language_model:
+            model, x_eval, y_eval, x_cal = self._sequences(model, x_eval, x_cal)
         x_eval = np.asarray(x_eval, np.float32)
         y_eval = np.asarray(y_eval, np.int32)
         if x_eval.shape[0] != y_eval.shape[0] or x_eval.shape[0] < 1:
@@ -81,6 +114,19 @@ class NetworkWorkload(Workload):
         self._geometry = None
         self._data = None
         self._calibrator = None
+
+    @staticmethod
+    def _sequences(model, x, x_cal):
+        """The wrapped model, inputs, next-token targets and calibration inputs of token sequences."""
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] < 2 or not np.issubdtype(x.dtype, np.integer):
+            raise ValueError(f"x_eval without y_eval must be integer token sequences [sequences, length >= 2], got "
+                             f"shape {x.shape} and dtype {x.dtype}.")
+        x_cal = x[:128] if x_cal is None else np.asarray(x_cal)
+        if x_cal.ndim != 2 or x_cal.shape[1] < 2 or not np.issubdtype(x_cal.dtype, np.integer):
+            raise ValueError(f"x_cal of a language model must be integer token sequences, got shape {x_cal.shape} "
+                             f"and dtype {x_cal.dtype}.")
+        return _NextToken(model), x[:, :-1], x[:, 1:], x_cal[:, :-1].astype(np.float32)
 
     # -- setup -------------------------------------------------------------------
     def check_config(self, cfg: ChipConfig) -> None:
@@ -106,13 +152,15 @@ class NetworkWorkload(Workload):
     @property
     def layer_names(self) -> tuple[str, ...]:
         """Paths of the analog layers, in chip order (as :func:`pcmjax.nn.plan` names them)."""
-        return tuple("/".join(str(p) for p in path) or "<root>" for path, _ in pnn.analog_layers(self.model))
+        skip = 1 if self.language_model else 0  # the wrapper's attribute
+        return tuple("/".join(str(p) for p in path[skip:]) or "<root>" for path, _ in pnn.analog_layers(self.model))
 
     def _layer_shapes(self):
         return [tuple(int(d) for d in layer.matrix().shape) for _, layer in pnn.analog_layers(self.model)]
 
     def metric_names(self):
-        return ("accuracy", "loss", *(f"layer_error/{n}" for n in self.layer_names))
+        first = ("bpc", "accuracy") if self.language_model else ("accuracy", "loss")
+        return (*first, *(f"layer_error/{n}" for n in self.layer_names))
 
     def data(self):
         if self._data is None:
@@ -122,11 +170,8 @@ class NetworkWorkload(Workload):
             ref = {i: r[:n_eval] for i, r in ref_all.items()}
             ref_cal = {i: r[n_eval:] for i, r in ref_all.items()}
             n = len(dep.layout.layers)
-            biases = []
-            for _, layer in pnn.analog_layers(self.model):  # chip_index order
-                b = getattr(layer, "bias", None)
-                biases.append(jnp.zeros((layer.matrix().shape[1],), jnp.float32) if b is None or not layer.use_bias
-                              else jnp.asarray(b[...], jnp.float32))
+            biases = [_column_bias(layer, lp.shape[1])  # chip_index order
+                      for (_, layer), lp in zip(pnn.analog_layers(self.model), dep.layout.layers)]
             self._data = {"params": dep.params, "weights": dep.weights, "x": jnp.asarray(self.x_eval),
                           "y": jnp.asarray(self.y_eval), "ref": tuple(ref[i] for i in range(n)),
                           "x_cal": jnp.asarray(self.x_cal), "ref_cal": tuple(ref_cal[i] for i in range(n)),
@@ -146,7 +191,7 @@ class NetworkWorkload(Workload):
         for i in range(len(dep.layout.layers)):
             _, outs = dep.apply(state, dict(cal, gamma=tuple(gammas), beta=tuple(betas)),
                                 jax.random.fold_in(key, i), data["x_cal"], record=True)
-            cols = outs[i].shape[-1]
+            cols = dep.layout.layers[i].shape[1]  # a LinearGeneral's output may have several feature axes
             a, c = fit_column_affine(outs[i].reshape(-1, cols), data["ref_cal"][i].reshape(-1, cols), axis=0)
             gammas[i] = a[0]
             betas[i] = c[0] + (a[0] - 1.0) * data["bias"][i]
@@ -169,8 +214,7 @@ class NetworkWorkload(Workload):
         else:
             cal = self._gradient(k_cal, dep, st)
         logits, outs = dep.apply(st, cal, k_read, data["x"], record=True)
-        out = {"accuracy": jnp.mean(jnp.argmax(logits, axis=-1) == data["y"]),
-               "loss": jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, data["y"]))}
+        out = self._task_metrics(logits, data["y"])
         for i, name in enumerate(self.layer_names):
             out[f"layer_error/{name}"] = relative_error(outs[i], data["ref"][i])
         return out
@@ -179,11 +223,16 @@ class NetworkWorkload(Workload):
         state, k_age, _, _ = self._program(key, data, device, variant)
         return state_conductances(k_age, state, t)
 
+    def _task_metrics(self, logits, y):
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        acc = jnp.mean(jnp.argmax(logits, axis=-1) == y)
+        if self.language_model:
+            return {"bpc": loss / np.log(2.0), "accuracy": acc}
+        return {"accuracy": acc, "loss": loss}
+
     def reference_metrics(self, data):
         logits = self._deployed().reference(data["x"])
-        y = data["y"]
-        return {"accuracy": float(jnp.mean(jnp.argmax(logits, axis=-1) == y)),
-                "loss": float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)))}
+        return {k: float(v) for k, v in self._task_metrics(logits, data["y"]).items()}
 
     def spec(self):
         return {"kind": self.kind, "layers": [[n, list(sh)] for n, sh in zip(self.layer_names, self._layer_shapes())],
@@ -192,12 +241,15 @@ class NetworkWorkload(Workload):
                 "calibration_sha256": array_fingerprint(self.x_cal), "calibration_examples": int(self.x_cal.shape[0]),
                 "calibration": self.calibration,
                 **({"calibration_steps": self.calibration_steps} if self.calibration == "gradient" else {}),
-                "n_chips": self.n_chips, **self.spec_extra}
+                "n_chips": self.n_chips, **({"task": "language_model"} if self.language_model else {}),
+                **self.spec_extra}
 
     def describe(self):
         shapes = ", ".join(f"{r}×{c}" for r, c in self._layer_shapes())
         cores = f" on {self._layout.n_tiles} cores" if self._geometry is not None else ""
-        return (f"network {self.description}: layers {shapes}{cores}; {self.x_eval.shape[0]} evaluation examples, "
+        what = (f"{self.x_eval.shape[0]} sequences of {self.x_eval.shape[1]} next-token predictions"
+                if self.language_model else f"{self.x_eval.shape[0]} evaluation examples")
+        return (f"network {self.description}: layers {shapes}{cores}; {what}, "
                 f"calibration {self.calibration} on {self.x_cal.shape[0]} examples")
 
     @classmethod

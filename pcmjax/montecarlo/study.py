@@ -72,6 +72,8 @@ class Study:
       seed: integer in ``[0, 2**32)``.
       metrics: names to keep (default: all of the workload's).
       name: a label for the study (not part of its hash).
+      device_file: the file a fitted ``device`` was read from, named in the header (not
+        part of the hash: the model's parameters are).
     """
 
     workload: Any
@@ -83,6 +85,7 @@ class Study:
     seed: int = 0
     metrics: tuple | None = None
     name: str = "study"
+    device_file: str | None = None
 
     def __post_init__(self):
         check_instance("workload", self.workload, Workload)
@@ -155,7 +158,8 @@ class Study:
             f"study {self.name!r}: {self.instances} instances × {len(self.times)} times × "
             f"{len(self.variants)} variants ({self.evaluations} evaluations), seed {self.seed}",
             f"  workload: {self.workload.describe()}",
-            f"  device:   {type(self.device).__name__}(num_devices={self.device.num_devices})",
+            f"  device:   {describe_device(self.device, self.device_file)}",
+            f"  chip:     {describe_chip(self.chip)}",
             f"  times:    {', '.join(format_time(t) for t in self.times)}",
             "  variants: " + "; ".join(
                 f"{v.name} ({', '.join(f'{p}={val}' for p, val in v.chip) or 'base chip'}"
@@ -163,6 +167,45 @@ class Study:
             f"  metrics:  {', '.join(self.metrics)}",
         ]
         return "\n".join(lines)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _value(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def describe_chip(chip: ChipConfig) -> str:
+    """The chip options that differ from ``ChipConfig()`` (HERMES defaults), ``path=value``."""
+    base, mine = _flat(ChipConfig().to_dict()), _flat(chip.to_dict())
+    changed = [f"{k}={_value(v)}" for k, v in mine.items() if _canonical(v) != _canonical(base.get(k))]
+    return "HERMES defaults (pcmjax.ChipConfig())" if not changed else "non-default " + ", ".join(changed)
+
+
+def describe_device(device: DeviceModel, file: str | None = None) -> str:
+    """The device model's class and devices per sign, then the file a fitted model came
+    from, or the parameters that differ from the class's defaults."""
+    head = f"{type(device).__name__}(num_devices={device.num_devices})"
+    if file is not None:
+        return f"{head}, fitted model from {file}"
+    try:
+        default = type(device)(num_devices=device.num_devices)
+    except (TypeError, ValueError):
+        return head
+    base, mine = _flat(device_to_dict(default)), _flat(device_to_dict(device))
+    changed = [f"{k.removeprefix('params.')}={_value(v)}" for k, v in mine.items()
+               if _canonical(v) != _canonical(base.get(k))]
+    return head + (f" with {', '.join(changed)}" if changed else ", default parameters")
 
 
 def _canonical(obj):
@@ -201,4 +244,5 @@ def spec_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 __all__ = ["Study", "Variant", "ResolvedVariant", "DEFAULT_VARIANTS", "log_times", "format_time", "spec_hash",
+           "describe_chip", "describe_device",
            "spec_differences", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR"]
