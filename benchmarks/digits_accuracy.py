@@ -19,10 +19,11 @@ The last line printed is one JSON object for the MLP:
 network predicts: the quantity calibration optimises, and far less noisy than accuracy
 on 450 test images (whose binomial standard error is about 0.7 points).
 
-``--adc-cal-error 0.07,3`` leaves larger residuals of the chips' one-time per-column ADC
-calibration (here: none done, the raw 7 % gain spread and a 3-count offset, instead of
-0.5 % and 0.25), a stress case with per-column errors that global drift compensation
-cannot see.
+Two stress cases with per-column ADC errors that global drift compensation cannot see:
+``--adc-cal-error 0.07,3`` makes the chips' one-time per-column ADC calibration miss by a
+fresh 7 % gain and 3-count offset error per column (instead of 0.5 % and 0.25 counts);
+``--uncalibrated-adc`` leaves that calibration undone, so every column keeps its raw 7 %
+gain spread and 1-count offset (``ADCConfig(calibrated=False)``).
 
 Usage: ``python benchmarks/digits_accuracy.py [--instances 20] [--quick] [--models mlp,cnn]``.
 """
@@ -70,6 +71,8 @@ def chip_config(args) -> pj.ChipConfig:
     if args.adc_cal_error:
         gain, offset = (float(v) for v in args.adc_cal_error.split(","))
         cfg = cfg.set("adc.cal_gain_error", gain).set("adc.cal_offset_error", offset)
+    if args.uncalibrated_adc:
+        cfg = cfg.set("adc.calibrated", False)
     return cfg
 
 
@@ -181,7 +184,10 @@ def main(argv=None):
     p.add_argument("--cal-lr", type=float, default=1e-2)
     p.add_argument("--adc-cal-error", default=None, metavar="GAIN,OFFSET",
                    help="residual per-column ADC gain (relative) and offset (counts) errors of the chips' one-time "
-                        "calibration (default: the HERMES config's 0.005,0.25)")
+                        "calibration, drawn per column independently of the raw mismatch (default: the HERMES "
+                        "config's 0.005,0.25)")
+    p.add_argument("--uncalibrated-adc", action="store_true",
+                   help="leave the one-time ADC calibration undone: the raw per-column gain spread and offsets stay")
     args = p.parse_args(argv)
     if args.quick and args.instances == 20:
         args.instances = 2

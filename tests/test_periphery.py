@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import pcmjax as pj
 from pcmjax._ste import quantize_symmetric, round_ste
 from pcmjax.periphery import (
     ACTIVATIONS,
@@ -353,3 +354,18 @@ def test_activations():
 def test_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
         apply_activation(np.zeros(3, np.float32), "swish")
+
+
+def test_uncalibrated_adc_keeps_the_raw_mismatch():
+    """ADCConfig(calibrated=False): the digital unit assumes the nominal converter, so the residual
+    gain error per column is the raw spread (SD gain_std) and the offset residual the raw offset."""
+    cfg = pj.ADCConfig(calibrated=False)
+    n = 20000
+    adc = sample_adc_mismatch(jax.random.key(5), cfg, (4, n // 4))
+    assert np.all(np.asarray(adc["gain_est"]) == 1.0) and np.all(np.asarray(adc["offset_est"]) == 0.0)
+    resid = np.asarray(adc["gain"] / adc["gain_est"] - 1.0).ravel()
+    se = cfg.gain_std / np.sqrt(2 * (n - 1))  # SE of a sample standard deviation
+    assert abs(resid.std(ddof=1) - cfg.gain_std) < 5 * se
+    calibrated = sample_adc_mismatch(jax.random.key(5), pj.ADCConfig(), (4, n // 4))
+    resid_cal = np.asarray(calibrated["gain"] / calibrated["gain_est"] - 1.0).ravel()
+    assert resid_cal.std() < 0.01  # cal_gain_error 0.5 %

@@ -24,7 +24,7 @@ from pcmjax.config.faults import FaultConfig
 from pcmjax.config.gdp import WRITE_METHODS, GDPConfig
 from pcmjax.config.hwa import OUT_NOISE_MODES, HWAConfig, OutNoiseMode
 from pcmjax.config.parasitics import ParasiticsConfig
-from pcmjax.config.periphery import ACTIVATION_NAMES, ADCConfig, Activation, PWMConfig
+from pcmjax.config.periphery import ACTIVATION_NAMES, Activation, ADCConfig, PWMConfig
 from pcmjax.config.temperature import TemperatureConfig
 
 __all__ = [

@@ -11,7 +11,7 @@ from pcmjax._validate import check_bool, check_choice, check_float, check_instan
 from pcmjax.config.faults import FaultConfig
 from pcmjax.config.gdp import GDPConfig
 from pcmjax.config.parasitics import ParasiticsConfig
-from pcmjax.config.periphery import ACTIVATION_NAMES, ADCConfig, Activation, PWMConfig
+from pcmjax.config.periphery import ACTIVATION_NAMES, Activation, ADCConfig, PWMConfig
 from pcmjax.config.temperature import TemperatureConfig
 
 ProgramMethod = Literal["one_shot", "verify", "gdp"]
@@ -218,7 +218,7 @@ class ChipConfig:
     # ------------------------------------------------------------------------------
     @classmethod
     def hermes(cls, mode: ReadMode = "four_phase", *, programming: HermesProgramming = "fitted",
-               **overrides) -> "ChipConfig":
+               **overrides) -> ChipConfig:
         """The operating point of HERMES's published accuracies (Le Gallo et al., Nat. Electron. 2023).
 
         Field by field (PHYSICS.md sections in brackets):
@@ -262,7 +262,7 @@ class ChipConfig:
         return cfg.replace(**overrides) if overrides else cfg
 
     @classmethod
-    def ideal(cls, **overrides) -> "ChipConfig":
+    def ideal(cls, **overrides) -> ChipConfig:
         """Every non-ideality off and no compensation: ``mvm(x) == x @ W``.
 
         ``overrides`` are applied first, so a non-ideality given there is switched off too
@@ -272,11 +272,11 @@ class ChipConfig:
         """
         return cls(**overrides).without(*NONIDEALITIES).replace(drift_compensation="none")
 
-    def replace(self, **changes) -> "ChipConfig":
+    def replace(self, **changes) -> ChipConfig:
         """A copy with top-level fields changed (unknown names raise ``TypeError``)."""
         return _replace(self, changes, "ChipConfig")
 
-    def without(self, *names: str) -> "ChipConfig":
+    def without(self, *names: str) -> ChipConfig:
         """A copy with the named non-idealities switched off (see ``NONIDEALITIES``)."""
         cfg = self
         for name in names:
@@ -286,7 +286,7 @@ class ChipConfig:
                 cfg = cfg.set(path, off)
         return cfg
 
-    def only(self, *names: str) -> "ChipConfig":
+    def only(self, *names: str) -> ChipConfig:
         """A copy with every non-ideality off except ``names`` (kept at this config's values);
         drift compensation is kept as configured."""
         unknown = [n for n in names if n not in NONIDEALITIES]
@@ -294,7 +294,7 @@ class ChipConfig:
             raise ValueError(f"unknown non-ideality {unknown}; allowed: {sorted(NONIDEALITIES)}.")
         return self.without(*(n for n in NONIDEALITIES if n not in names))
 
-    def set(self, path: str, value) -> "ChipConfig":
+    def set(self, path: str, value) -> ChipConfig:
         """A copy with one (possibly nested, ``"adc.bits"``, ``"program.gdp.steps"``) field changed."""
         head, _, rest = path.partition(".")
         if not rest:
@@ -307,7 +307,7 @@ class ChipConfig:
         return self.update({head: nested})
 
     @classmethod
-    def preset(cls, name: str) -> "ChipConfig":
+    def preset(cls, name: str) -> ChipConfig:
         """A named operating point: ``"hermes-four-phase"``, ``"hermes-one-phase"`` (and their
         ``"-verify"`` variants, see :meth:`hermes`)."""
         check_choice("preset", name, tuple(PRESETS))
@@ -315,7 +315,7 @@ class ChipConfig:
         return cls.hermes(mode, programming=programming)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ChipConfig":
+    def from_dict(cls, d: dict) -> ChipConfig:
         """Build from a (possibly nested) mapping, e.g. parsed TOML; unknown keys are errors.
 
         A top-level ``preset`` entry (see :meth:`preset`) is the starting point that the other
@@ -326,7 +326,7 @@ class ChipConfig:
             return cls.preset(d.pop("preset")).update(d)
         return cls().update(d)
 
-    def update(self, d: dict, prefix: str = "") -> "ChipConfig":
+    def update(self, d: dict, prefix: str = "") -> ChipConfig:
         """A copy with the (possibly nested) entries of ``d`` applied.
 
         The entries of one section are applied together, so a valid result is reached even

@@ -50,5 +50,5 @@ class FaultConfig:
         return any(_is_traced(getattr(self, n)) or isinstance(getattr(self, n), jax.Array) or getattr(self, n) > 0
                    for n in ("stuck_set", "stuck_reset", "dead_columns"))
 
-    def replace(self, **changes) -> "FaultConfig":
+    def replace(self, **changes) -> FaultConfig:
         return dataclasses.replace(self, **changes)

@@ -119,12 +119,12 @@ class HWAConfig:
         check_float("HWAConfig.input_scale_momentum", self.input_scale_momentum, 0.0, 1.0, hi_open=True)
         check_float("HWAConfig.input_scale_quantile", self.input_scale_quantile, 0.0, 1.0, lo_open=True)
 
-    def replace(self, **changes) -> "HWAConfig":
+    def replace(self, **changes) -> HWAConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def off(cls) -> "HWAConfig":
+    def off(cls) -> HWAConfig:
         """No noise, no quantisation, no clipping: HWA mode then equals the float forward
         (up to input clipping at the input range)."""
         return cls(prog_noise_scale=0.0, drift_time=None, pwm_bits=None, adc_bits=None, out_noise=0.0,

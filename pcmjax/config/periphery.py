@@ -57,6 +57,9 @@ class ADCConfig:
       cal_gain_error: relative error of the one-time per-column gain calibration that
         the digital unit applies (0: the digital unit removes the gain spread exactly).
       cal_offset_error: error of the one-time offset calibration, counts.
+      calibrated: ``False`` leaves the one-time calibration undone: the digital unit assumes
+        the nominal gain and zero offset, so every column keeps its raw gain spread
+        (``gain_std``) and offset (``offset_std``) uncorrected.
     """
 
     enabled: bool = True
@@ -70,9 +73,11 @@ class ADCConfig:
     noise_std: float = 0.5
     cal_gain_error: float = 0.005
     cal_offset_error: float = 0.25
+    calibrated: bool = True
 
     def __post_init__(self):
         check_bool("adc.enabled", self.enabled)
+        check_bool("adc.calibrated", self.calibrated)
         check_int("adc.bits", self.bits, 2, 16)
         if self.max_count is not None:
             check_int("adc.max_count", self.max_count, 1, 2**self.bits - 1)

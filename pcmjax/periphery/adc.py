@@ -45,8 +45,11 @@ def sample_adc_mismatch(key, cfg: ADCConfig, shape):
     gain = 1.0 + cfg.gain_std * n(0)
     offset = cfg.offset_std * n(1)
     nonlin = jnp.maximum(cfg.nonlinearity + cfg.nonlinearity_std * n(2), 0.0)
-    gain_est = gain * (1.0 + cfg.cal_gain_error * n(3))
-    offset_est = offset + cfg.cal_offset_error * n(4)
+    if cfg.calibrated:
+        gain_est = gain * (1.0 + cfg.cal_gain_error * n(3))
+        offset_est = offset + cfg.cal_offset_error * n(4)
+    else:  # no one-time calibration: the digital unit assumes the nominal converter
+        gain_est, offset_est = jnp.ones_like(gain), jnp.zeros_like(offset)
     return dict(gain=gain, offset=offset, nonlin=nonlin, gain_est=gain_est, offset_est=offset_est)
 
 
