@@ -526,6 +526,201 @@ print(f"notebook ran in {time.perf_counter() - T_START:.1f} s")
 ]
 
 
+# ----------------------------------------------------------------------------------------
+# 07: your own Flax model on the chip
+# ----------------------------------------------------------------------------------------
+NB7 = [
+    md("""
+# 07 — Your own Flax model on the chip
+
+The networks of notebook 03 were written with pcmjax's analog layers. Most networks are not: they are plain
+Flax NNX modules built from `nnx.Linear`, `nnx.Conv`, `nnx.MultiHeadAttention`, `nnx.RNN` and friends, with
+weights trained long ago. `pnn.convert(model, data=x)` takes such a model as it is and returns an analog copy:
+
+- every weight layer the crossbars can hold (`nnx.Linear`, `nnx.Conv`, `nnx.LinearGeneral`, `nnx.Einsum`,
+  and the recurrent cells `nnx.LSTMCell`, `nnx.OptimizedLSTMCell`, `nnx.GRUCell`, `nnx.SimpleCell`) becomes
+  its analog counterpart with **the same parameters**, wherever it sits (attributes, lists, dicts,
+  `nnx.Sequential`, nested modules);
+- everything else (embeddings, normalisation, activations, pooling, dropout, attention scores and softmax,
+  your own code) stays as it is, in the chip's digital units;
+- with `data`, one digital pass measures every layer's **input range** (what the PWM's full scale stands for).
+
+In digital mode the copy computes *exactly* what the original does. From there the path is the one of
+notebook 03: hardware-aware fine-tuning, deployment, Monte Carlo over chip instances, calibration.
+The data are scikit-learn's 8×8 digits again.
+"""),
+    code("""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import pcmjax as pj
+from pcmjax import nn as pnn
+from pcmjax.data import load_digits
+
+T_START = time.perf_counter()
+data = load_digits(as_images=True)
+x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+print(x_train.shape, x_test.shape)
+"""),
+    md("""
+## 1. A plain Flax model, trained in float
+
+Nothing here knows about pcmjax: two convolutions with batch-norm, dropout and a linear classifier. `pnn.train`
+is just a convenient optax loop; any training code would do.
+"""),
+    code("""
+class DigitsNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(1, 16, (3, 3), rngs=rngs)
+        self.bn1 = nnx.BatchNorm(16, rngs=rngs)
+        self.conv2 = nnx.Conv(16, 32, (3, 3), strides=2, rngs=rngs)
+        self.dropout = nnx.Dropout(0.1, rngs=rngs)
+        self.head = nnx.Linear(4 * 4 * 32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        x = nnx.relu(self.conv2(x))
+        return self.head(self.dropout(x.reshape(x.shape[0], -1)))
+
+model = DigitsNet(nnx.Rngs(0))
+hist = pnn.train(jax.random.key(0), model, x_train, y_train, epochs=10, learning_rate=3e-3)
+acc_float = pnn.accuracy(model, x_test, y_test)
+print(f"float training: {hist['seconds']:.1f} s, test accuracy {100 * acc_float:.2f} %")
+"""),
+    md("""
+## 2. Convert
+
+`convert` leaves `model` untouched and returns a new module. The analog layers are in `"digital"` mode, so
+the converted network gives the same outputs, bit for bit. Batch-norm and dropout are still Flax's.
+"""),
+    code("""
+analog = pnn.convert(model, data=x_train[:512])
+for path, layer in pnn.analog_layers(analog):
+    print(f"{'/'.join(map(str, path)):6s} {type(layer).__name__:13s} matrix {layer.matrix_shape()}, "
+          f"input range {float(layer.input_scale[...]):.3f}")
+print("original untouched:", type(model.conv1).__name__, "| BatchNorm kept:", type(analog.bn1).__name__)
+model.eval(); analog.eval()
+print("converted == original (digital):", bool(jnp.array_equal(analog(x_test), model(x_test))))
+"""),
+    md("""
+Without `data`, no layer knows its input range. The chip cannot encode an input whose range is unknown, so
+deploying such a model is an error that names the layers, never a silent default range:
+"""),
+    code("""
+try:
+    pnn.deploy(pnn.convert(model), jax.random.key(0), pj.ChipConfig())
+except ValueError as e:
+    print(e)
+"""),
+    md("""
+## 3. Hardware-aware fine-tuning, deployment
+
+The converted model trains hardware-aware like any pcmjax network (notebook 03 explains the HERMES recipe in
+`HWAConfig`). We fine-tune a copy for a few epochs, then deploy both the plain conversion and the fine-tuned
+one on HERMES chips.
+"""),
+    code("""
+hwa_model = nnx.clone(analog)
+hist = pnn.train(jax.random.key(1), hwa_model, x_train, y_train, mode="hwa", epochs=4, learning_rate=1e-3)
+print(f"HWA fine-tuning: {hist['seconds']:.1f} s, digital accuracy "
+      f"{100 * pnn.accuracy(hwa_model, x_test, y_test, mode='digital'):.2f} %")
+
+cfg = pj.ChipConfig()
+deployed = pnn.deploy(hwa_model, jax.random.key(2), cfg)
+print(deployed.report())
+key = jax.random.key(3)
+for t in (1.0, 86400.0, 3.15e7):
+    acc = float(pnn.deployed_accuracy(deployed.at_time(key, t), key, x_test, y_test))
+    print(f"t = {t:>10.0f} s: chip accuracy {100 * acc:.2f} %")
+"""),
+    md("""
+## 4. A Monte Carlo over chip instances
+
+Every chip is different. The pure pieces of a deployed model (`program`, `ChipState.at_time`, `apply`) are
+`vmap`-able over keys, so a batch of chip instances is one more array axis.
+"""),
+    code("""
+N = 6
+TIMES = {"1 s": 1.0, "1 day": 86400.0, "1 year": 3.15e7}
+keys = jax.random.split(jax.random.key(10), N)       # programming and read noise of each chip
+age_keys = jax.random.split(jax.random.key(11), N)   # drift and 1/f noise of each chip
+
+def monte_carlo(dep):
+    states = jax.vmap(dep.program)(keys)
+    ident = jax.tree.map(lambda a: jnp.broadcast_to(a, (N,) + a.shape), pnn.identity_calibration(dep.layout))
+    acc_fn = jax.jit(jax.vmap(lambda s, c, k: pnn.deployed_accuracy(dep, k, x_test, y_test, state=s, calibration=c)))
+    aged = {name: jax.vmap(lambda s, k: s.at_time(k, t))(states, age_keys) for name, t in TIMES.items()}
+    return {name: np.asarray(acc_fn(aged[name], ident, keys)) for name in TIMES}, aged, acc_fn
+
+t0 = time.perf_counter()
+studies = {}
+for name, m in (("converted, no HWA", analog), ("converted + HWA", hwa_model)):
+    studies[name] = monte_carlo(pnn.deploy(m, jax.random.key(2), cfg))
+    print(f"{name:18s}", "  ".join(f"{t}: {100 * a.mean():.2f} ± {100 * a.std():.2f} %"
+                                   for t, a in studies[name][0].items()))
+print(f"float network: {100 * acc_float:.2f} % ({time.perf_counter() - t0:.0f} s for {2 * N} chips)")
+"""),
+    md("""
+## 5. Calibration
+
+A year after programming, `calibrate` learns the digital units' per-column corrections of every layer from
+unlabelled inputs by gradients through the simulated chip (notebook 03, section 5). `make_calibrator` is the
+same as a pure function of a chip state, so it runs on all chip instances at once.
+"""),
+    code("""
+dep = pnn.deploy(hwa_model, jax.random.key(2), cfg)
+accs, aged, acc_fn = studies["converted + HWA"]
+calibrator = jax.jit(jax.vmap(pnn.make_calibrator(dep, x_train[:256], steps=40, learning_rate=1e-2)))
+cals, _ = calibrator(aged["1 year"], jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
+cal_acc = np.asarray(acc_fn(aged["1 year"], cals, keys))
+print(f"1 year, HWA + GDC:               {100 * accs['1 year'].mean():.2f} ± {100 * accs['1 year'].std():.2f} %")
+print(f"1 year, HWA + GDC + calibration: {100 * cal_acc.mean():.2f} ± {100 * cal_acc.std():.2f} %")
+"""),
+    md("""
+## 6. Recurrent and attention layers
+
+`convert` also takes LSTMs, GRUs and transformers. A recurrent cell becomes **one matrix**
+`[x, h] @ [[W_x], [W_h]]` with its gates' columns interleaved (how HERMES maps an LSTM): every time step is an
+MVM on the same programmed cores, each with fresh read noise, while the gate activations and the cell state
+stay digital. `nnx.MultiHeadAttention`'s query, key, value and output projections go on the chip; the scores
+and the softmax stay digital. On an ideal chip (`ChipConfig.ideal()`) both equal their Flax originals.
+"""),
+    code("""
+class CharLSTM(nnx.Module):
+    def __init__(self, rngs):
+        self.rnn = nnx.RNN(nnx.OptimizedLSTMCell(16, 64, rngs=rngs))
+        self.out = nnx.Linear(64, 16, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.rnn(x))
+
+class Encoder(nnx.Module):
+    def __init__(self, rngs):
+        self.norm = nnx.LayerNorm(32, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(num_heads=4, in_features=32, decode=False, rngs=rngs)
+        self.mlp = nnx.Sequential(nnx.Linear(32, 64, rngs=rngs), nnx.gelu, nnx.Linear(64, 32, rngs=rngs))
+
+    def __call__(self, x):
+        x = x + self.attn(self.norm(x))
+        return x + self.mlp(x)
+
+ideal = pj.ChipConfig.ideal(n_cores=8)
+for net, x in ((CharLSTM(nnx.Rngs(0)), jax.random.normal(jax.random.key(0), (4, 10, 16))),
+               (Encoder(nnx.Rngs(0)), jax.random.normal(jax.random.key(0), (4, 8, 32)))):
+    dep = pnn.deploy(pnn.convert(net, data=x), jax.random.key(0), ideal)
+    err = float(jnp.max(jnp.abs(dep(jax.random.key(1), x) - net(x))))
+    print(dep.report())
+    print(f"{type(net).__name__}: ideal chip vs Flax original, max |difference| = {err:.1e}\\n")
+print(f"notebook ran in {time.perf_counter() - T_START:.1f} s")
+"""),
+]
+
+
 def write(name: str, cells) -> pathlib.Path:
     nb = new_notebook(cells=cells)
     for i, cell in enumerate(nb.cells):
@@ -539,7 +734,8 @@ def write(name: str, cells) -> pathlib.Path:
 
 
 def main():
-    for name, cells in (("01_device_models.ipynb", NB1), ("02_chip_mvm.ipynb", NB2)):
+    for name, cells in (("01_device_models.ipynb", NB1), ("02_chip_mvm.ipynb", NB2),
+                        ("07_your_flax_model.ipynb", NB7)):
         print("wrote", write(name, cells))
 
 
