@@ -6,6 +6,8 @@
     from pcmjax import nn as pnn
 
     model = pnn.MLP(64, (256, 256), 10, rngs=nnx.Rngs(0))      # AnalogLinear layers
+    # or any Flax NNX model: its Linear/Conv/attention/recurrent layers made analog
+    model = pnn.convert(flax_model, data=x_sample)
     pnn.train(key, model, x, y, mode="hwa")                      # hardware-aware training
     deployed = pnn.deploy(model, key, pj.ChipConfig())           # tiles → cores, programmed
     print(deployed.report())
@@ -15,7 +17,9 @@
 
 from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn.calibrate import calibrate, calibration_loss, make_calibrator
+from pcmjax.nn.convert import CONVERTIBLE, convert, measure_input_ranges
 from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan, tile_weights
+from pcmjax.nn.general import AnalogEinsum, AnalogLinearGeneral
 from pcmjax.nn.layers import (
     MODES,
     AnalogConv,
@@ -29,6 +33,13 @@ from pcmjax.nn.layers import (
 )
 from pcmjax.nn.models import MLP, ResNet9, SmallCNN
 from pcmjax.nn.mvm_count import layer_mvms
+from pcmjax.nn.recurrent import (
+    AnalogGRUCell,
+    AnalogLSTMCell,
+    AnalogOptimizedLSTMCell,
+    AnalogRNN,
+    AnalogSimpleCell,
+)
 from pcmjax.nn.train import accuracy, deployed_accuracy, predict, train
 
 __all__ = [
@@ -37,4 +48,6 @@ __all__ = [
     "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN",
     "ResNet9",
     "train", "accuracy", "predict", "deployed_accuracy", "layer_mvms",
+    "convert", "measure_input_ranges", "CONVERTIBLE", "AnalogLinearGeneral", "AnalogEinsum", "AnalogLSTMCell",
+    "AnalogOptimizedLSTMCell", "AnalogGRUCell", "AnalogSimpleCell", "AnalogRNN",
 ]
