@@ -14,30 +14,47 @@ transfer conductance). With differential drive ``V⁻ = −V⁺`` the MVM sees
 ``W_eff = A⁺ − A⁻``; without wire resistance ``A^± = G^±``. ``A`` depends on the state
 only, so it is computed once per state and every MVM reuses it.
 
-Method: block elimination of the exact nodal equations, row by row from row 0 towards the
-ADCs (a direct solve; no iteration, no tolerance, valid at any wire resistance).
+Method: block elimination of the exact nodal equations (a direct solve: no iteration, no
+tolerance, valid at any wire resistance), with the network's reciprocity.
 
 1. Input lines. With the bit-line voltages ``b`` of row ``i`` given, each input line is a
    tridiagonal system ``(T₀/r_w + D) p = D b + V e₀/r_w`` (``T₀``: the chain Laplacian
    with the driver end grounded, ``D = diag(G_i)``). Eliminating it leaves, at the row's
    bit-line nodes, the admittance ``M = D − r_w D (T₀ + r_w D)⁻¹ D`` (``K × K``) and the
    short-circuit current ``h = D (T₀ + r_w D)⁻¹ e₀`` per volt on the driver.
-2. Bit lines. The rows above row ``i``, seen from its bit-line nodes through one segment,
-   are an admittance ``E`` and a short-circuit current ``J`` per driver (``K × 2R``).
-   Row ``i`` adds ``S = E + M_i`` and ``J + h_i``; the next segment gives
-   ``E' = (1 + r_b S)⁻¹ S`` and ``J' = (1 + r_b S)⁻¹ J`` (one dense solve; the
-   forms never subtract two wire-sized numbers, so float32 keeps its precision). After
-   row ``R − 1`` that segment is the ADC's: ``J'`` are the ADC currents, ``Aᵀ``.
+2. Downward sweep (row 0 to the ADCs). The rows above row ``i``, seen from its bit-line
+   nodes through one segment, are an admittance ``E``; row ``i`` adds ``S_i = E + M_i``
+   and the next segment gives ``E' = F_i⁻¹ S_i`` with ``F_i = 1 + r_b S_i`` (one dense LU
+   factorisation per row, kept; ``F_i`` is symmetric positive definite, eigenvalues ≥ 1).
+3. Upward sweep (reciprocity). With ADC ``k`` at 1 V and every driver at 0 V, the
+   bit-line voltages of row ``i`` are ``U_i = F_i⁻¹ U_{i+1}`` (``U_R = 1``, one column
+   per ADC) and the current into the driver of row ``i`` is ``hᵢᵀ U_i``; a resistive
+   network is reciprocal, so that current is ``A[i, k]``. All ``K`` ADCs go through
+   together: ``K`` right-hand sides instead of the ``2R`` drivers.
 
-Cost per core ``≈ R K² (4K/3 + 2R)`` multiply-adds in dense LU solves (one per row),
-memory ``O(K (K + R))`` per core (reverse mode stores one step per row,
-``O(R K (K + R))``); measured in ``benchmarks/bench_irdrop.py``. The transfer matrix has
-``2 R K`` entries, each depending on every device, so a few solves per core (a few
-right-hand sides) cannot give it; an iterative solver would need ``K`` of them.
+No step subtracts two wire-sized numbers, so float32 keeps its precision (within ~2e-5 of
+a float64 nodal analysis at any λ). Cost per core ``≈ 7/3 R K³`` multiply-adds (an LU
+factorisation and two solves with ``K`` right-hand sides per row; measured in
+``benchmarks/bench_irdrop.py``), memory ``R K²`` per core. Cores (and instances) are
+processed a few at a time (``lax.map``), so the memory does not grow with the chip.
 
-Gradients: every step is a differentiable dense operation (LU and tridiagonal
-solves), so reverse mode runs the transposed elimination, exactly; there are
-no iterations to unroll.
+Why not an iterative solver: the transfer matrix needs ``K`` right-hand sides per core,
+each a field of ``3 R K`` node voltages, so one sweep of any iteration (conjugate
+gradients with the lines' tridiagonal blocks as preconditioner, line relaxation) touches
+``3 R K²`` numbers per core in memory-bound element-wise and tridiagonal passes, not in
+matrix products. Measured on a 256×256 core, one such sweep costs more than the whole
+direct solve's share per iteration (see RESULTS.md, "IR drop"), and it converges in 4–14
+iterations; the direct solve is faster and exact.
+
+Gradients: a custom VJP by the adjoint (implicit-function) method, not by differentiating
+the elimination. For a device ``e`` (or a wire segment), ``∂A[d, k]/∂g_e`` is minus the
+product of the voltages across ``e`` with driver ``d`` at 1 V and with ADC ``k`` at 1 V
+(Tellegen's theorem). The backward pass solves the same (symmetric) network for the
+``K`` ADC-driven fields and for ``K`` adjoint fields driven by the cotangents
+(``V = Ā[:, k]`` on the drivers), reusing the factorisation, and contracts them: about
+``13/3 R K³`` multiply-adds and ``2 R K²`` memory per core. Wire segments are
+differentiated through their currents (sums of device currents), again without
+subtracting wire-sized voltages. Reverse mode only (``jax.grad``, ``jax.vjp``).
 """
 
 from __future__ import annotations
@@ -45,53 +62,161 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.lax.linalg import tridiagonal_solve
+from jax.scipy.linalg import lu_factor, lu_solve
 
 UOHM_US = 1e-6  # Ω · µS → dimensionless
+_CHUNK_ELEMENTS = 2**25  # cores per lax.map step: about this many R·K² elements at a time
+
+
+def _line_solve(g_row, rw, rhs):
+    """Solve ``(T₀ + r_w D) x = rhs`` for the input line(s) of one row.
+
+    Args:
+      g_row: ``[K]`` device conductances of the row, µS.
+      rw: wire resistance per segment, 1/µS (Ω × 1e-6).
+      rhs: ``[K, N]`` right-hand sides.
+
+    Returns:
+      ``[K, N]`` solutions.
+    """
+    # T₀ + r_w D: every node joins its two neighbours (the driver for node 0), the last
+    # node only the one before it.
+    d = jnp.full(g_row.shape, 2.0, g_row.dtype).at[-1].set(1.0) + rw * g_row
+    off = -jnp.ones_like(g_row)
+    return tridiagonal_solve(off.at[0].set(0.0), d, off.at[-1].set(0.0), rhs)
 
 
 def _input_line(g_row, rw):
-    """Eliminate the input lines of one row (one polarity).
+    """Eliminate the input line of one row (one polarity).
 
     Args:
-      g_row: ``[..., K]`` device conductances of the row, µS.
-      rw: wire resistance per segment, 1/µS (Ω × 1e-6).
+      g_row: ``[K]`` device conductances of the row, µS.
+      rw: wire resistance per segment, 1/µS.
 
     Returns:
-      ``(M, h)``: ``[..., K, K]`` admittance at the bit-line nodes and ``[..., K]``
-      short-circuit current per volt on the driver, µS.
+      ``(M, h)``: ``[K, K]`` admittance at the bit-line nodes and ``[K]`` short-circuit
+      current per volt on the driver, µS.
     """
     K = g_row.shape[-1]
-    dtype = g_row.dtype
-    # T₀ + r_w D: every node joins its two neighbours (the driver for node 0), the last
-    # node only the one before it.
-    d = jnp.full(g_row.shape, 2.0, dtype).at[..., -1].set(1.0) + rw * g_row
-    off = -jnp.ones(g_row.shape, dtype)
-    dl = off.at[..., 0].set(0.0)
-    du = off.at[..., -1].set(0.0)
-    eye = jnp.eye(K, dtype=dtype)
-    rhs = jnp.concatenate([g_row[..., :, None] * eye, eye[:, :1] * jnp.ones_like(g_row)[..., :, None]], -1)
-    y = tridiagonal_solve(dl, d, du, rhs)  # [..., K, K + 1]
-    m = g_row[..., :, None] * eye - rw * g_row[..., :, None] * y[..., :K]
-    m = 0.5 * (m + jnp.swapaxes(m, -1, -2))  # symmetric; removes rounding asymmetry
-    return m, g_row * y[..., K]
+    eye = jnp.eye(K, dtype=g_row.dtype)
+    y = _line_solve(g_row, rw, jnp.concatenate([g_row[:, None] * eye, eye[:, :1]], -1))  # [K, K + 1]
+    m = g_row[:, None] * eye - rw * g_row[:, None] * y[:, :K]
+    m = 0.5 * (m + m.T)  # symmetric; removes rounding asymmetry
+    return m, g_row * y[:, K]
 
 
-def _row_step(rw, rb, carry, xs):
-    """One row of the elimination: add the row, then pass one bit-line segment."""
-    e, j = carry  # [..., K, K], [..., K, 2, R]
-    g_pos, g_neg, onehot = xs
-    m_pos, h_pos = _input_line(g_pos, rw)
-    m_neg, h_neg = _input_line(g_neg, rw)
-    s = e + m_pos + m_neg
-    j = j + jnp.stack([h_pos, h_neg], -1)[..., None] * onehot
-    K = s.shape[-1]
-    f = jnp.eye(K, dtype=s.dtype) + rb * s
-    # f is symmetric positive definite with eigenvalues ≥ 1: LU without trouble, and on
-    # the CPU several times faster than batched Cholesky with triangular solves.
-    x = jnp.linalg.solve(f, jnp.concatenate([s, j.reshape(*j.shape[:-2], -1)], -1))
-    e_next = x[..., :K]
-    e_next = 0.5 * (e_next + jnp.swapaxes(e_next, -1, -2))
-    return (e_next, x[..., K:].reshape(j.shape)), None
+def _factor(gp, gn, rw, rb):
+    """Downward sweep: the LU factors of ``F_i`` of every row, and the ``h`` vectors.
+
+    Args:
+      gp, gn: ``[R, K]`` device conductances, µS.
+      rw, rb: wire resistances per segment, 1/µS.
+
+    Returns:
+      ``(lu, piv, hp, hn, e_last)``: ``[R, K, K]`` factors, ``[R, K]`` pivots, ``[R, K]``
+      short-circuit currents of each polarity, ``[K, K]`` admittance seen by the ADCs.
+    """
+    K = gp.shape[-1]
+    eye = jnp.eye(K, dtype=gp.dtype)
+
+    def row(e, g):
+        m_p, h_p = _input_line(g[0], rw)
+        m_n, h_n = _input_line(g[1], rw)
+        s = e + m_p + m_n
+        lu, piv = lu_factor(eye + rb * s)
+        e_next = lu_solve((lu, piv), s)
+        return 0.5 * (e_next + e_next.T), (lu, piv, h_p, h_n)
+
+    e_last, (lu, piv, hp, hn) = jax.lax.scan(row, jnp.zeros((K, K), gp.dtype), jnp.stack([gp, gn], 1))
+    return lu, piv, hp, hn, e_last
+
+
+def _core_forward(gp, gn, rw, rb):
+    """Transfer conductances of one core (``[R, K]`` each, µS); see the module docstring."""
+    lu, piv, hp, hn, _ = _factor(gp, gn, rw, rb)
+
+    def row(u, xs):  # bit-line voltages of row i per ADC drive, from those of row i + 1
+        lu_i, piv_i, h_p, h_n = xs
+        u = lu_solve((lu_i, piv_i), u)
+        return u, (h_p @ u, h_n @ u)
+
+    eye = jnp.eye(gp.shape[-1], dtype=gp.dtype)
+    _, (ap, an) = jax.lax.scan(row, eye, (lu, piv, hp, hn), reverse=True)
+    return ap, an
+
+
+@jax.custom_vjp
+def _core_transfer(gp, gn, rw, rb):
+    return _core_forward(gp, gn, rw, rb)
+
+
+def _core_fwd(gp, gn, rw, rb):
+    # Residuals are the inputs only: the backward pass factorises again, so memory stays
+    # R·K² per core in flight, not per core of the chip.
+    return _core_forward(gp, gn, rw, rb), (gp, gn, rw, rb)
+
+
+def _row_fields(g, rw, u_adc, u_adj, v_adj):
+    """One polarity of one row in the backward pass: device and input-line sensitivities.
+
+    Args:
+      g: ``[K]`` device conductances, µS.
+      rw: wire resistance per segment, 1/µS.
+      u_adc, u_adj: ``[K, K]`` bit-line voltages of the row, per ADC drive and per adjoint
+        drive (columns: the ``K`` drives).
+      v_adj: ``[K]`` adjoint driver voltage of the row, per drive.
+
+    Returns:
+      ``(g_bar, rw_bar, q_adc, q_adj)``: ``[K]`` gradient of the devices, the line's share
+      of the ``r_w`` gradient, and ``[K, K]`` device currents from the bit line into the
+      input line in both fields.
+    """
+    K = g.shape[0]
+    e0 = jnp.zeros((K, 1), g.dtype).at[0, 0].set(1.0)
+    rhs = jnp.concatenate([rw * g[:, None] * u_adc, rw * g[:, None] * u_adj + e0 * v_adj[None, :]], -1)
+    p = _line_solve(g, rw, rhs)
+    y_adc = u_adc - p[:, :K]  # voltage across the device, bit line minus input line
+    x_adj = p[:, K:] - u_adj  # input line minus bit line
+    q_adc, q_adj = g[:, None] * y_adc, -g[:, None] * x_adj
+    # Segment currents of the input line: every device current beyond the segment.
+    c_adc = jnp.flip(jnp.cumsum(jnp.flip(q_adc, 0), 0), 0)
+    c_adj = jnp.flip(jnp.cumsum(jnp.flip(q_adj, 0), 0), 0)
+    return jnp.sum(x_adj * y_adc, -1), jnp.sum(c_adc * c_adj), q_adc, q_adj
+
+
+def _core_bwd(res, ct):
+    """Adjoint of :func:`_core_transfer`: ADC-driven and cotangent-driven fields, contracted."""
+    gp, gn, rw, rb = res
+    ap_bar, an_bar = ct
+    lu, piv, hp, hn, e_last = _factor(gp, gn, rw, rb)
+    K = gp.shape[-1]
+    zeros = jnp.zeros((K, K), gp.dtype)
+
+    def down(j, xs):  # Norton currents of the cotangent drive (drivers at V = Ā[:, k])
+        lu_i, piv_i, h_p, h_n, a_p, a_n = xs
+        j_tilde = j + h_p[:, None] * a_p[None, :] + h_n[:, None] * a_n[None, :]
+        return lu_solve((lu_i, piv_i), j_tilde), j_tilde
+
+    j_last, j_tilde = jax.lax.scan(down, zeros, (lu, piv, hp, hn, ap_bar, an_bar))
+
+    def up(carry, xs):  # bit-line voltages and downward segment currents, row by row upwards
+        u_adc, u_adj, d_adc, d_adj, rb_bar = carry
+        lu_i, piv_i, jt, g_p, g_n, a_p, a_n = xs
+        rb_bar = rb_bar + jnp.sum(d_adc * d_adj)  # the bit-line segment below this row
+        u_adc = lu_solve((lu_i, piv_i), u_adc)
+        u_adj = lu_solve((lu_i, piv_i), u_adj + rb * jt)
+        gb_p, rwb_p, qa_p, qj_p = _row_fields(g_p, rw, u_adc, u_adj, a_p)
+        gb_n, rwb_n, qa_n, qj_n = _row_fields(g_n, rw, u_adc, u_adj, a_n)
+        carry = (u_adc, u_adj, d_adc + qa_p + qa_n, d_adj + qj_p + qj_n, rb_bar)
+        return carry, (gb_p, gb_n, rwb_p + rwb_n)
+
+    init = (jnp.eye(K, dtype=gp.dtype), zeros, -e_last, j_last, jnp.zeros((), gp.dtype))
+    xs = (lu, piv, j_tilde, gp, gn, ap_bar, an_bar)
+    (*_, rb_bar), (gp_bar, gn_bar, rw_bar) = jax.lax.scan(up, init, xs, reverse=True)
+    return gp_bar, gn_bar, jnp.sum(rw_bar), rb_bar
+
+
+_core_transfer.defvjp(_core_fwd, _core_bwd)
 
 
 @jax.jit
@@ -107,7 +232,8 @@ def transfer_pair(g_pos, g_neg, r_word_line, r_bit_line):
     Returns:
       ``(a_pos, a_neg)``, each ``[..., R, K]``, µS: the current into ADC ``k`` per volt on
       the driver of row ``i`` of that polarity; ``Vᵀ (a_pos − a_neg)`` are the column
-      currents for differential inputs ``V``.
+      currents for differential inputs ``V``. Differentiable in reverse mode with respect
+      to every argument (custom VJP, see the module docstring).
     """
     g_pos = jnp.asarray(g_pos)
     if not jnp.issubdtype(g_pos.dtype, jnp.floating):
@@ -116,10 +242,10 @@ def transfer_pair(g_pos, g_neg, r_word_line, r_bit_line):
     g_neg = jnp.asarray(g_neg, dtype)
     g_pos, g_neg = jnp.broadcast_arrays(g_pos, g_neg)
     *batch, R, K = g_pos.shape
-    rw = jnp.asarray(r_word_line, dtype) * UOHM_US
-    rb = jnp.asarray(r_bit_line, dtype) * UOHM_US
-    init = (jnp.zeros((*batch, K, K), dtype), jnp.zeros((*batch, K, 2, R), dtype))
-    xs = (jnp.moveaxis(g_pos, -2, 0), jnp.moveaxis(g_neg, -2, 0), jnp.eye(R, dtype=dtype))
-    (_, j), _ = jax.lax.scan(lambda c, x: _row_step(rw, rb, c, x), init, xs)
-    a = jnp.swapaxes(j, -1, -3)  # [..., R, 2, K]
-    return a[..., 0, :], a[..., 1, :]
+    gp, gn = g_pos.reshape(-1, R, K), g_neg.reshape(-1, R, K)
+    n = gp.shape[0]
+    rw = jnp.broadcast_to(jnp.asarray(r_word_line, dtype) * UOHM_US, (n,))
+    rb = jnp.broadcast_to(jnp.asarray(r_bit_line, dtype) * UOHM_US, (n,))
+    chunk = max(1, min(n, _CHUNK_ELEMENTS // (R * K * K)))
+    ap, an = jax.lax.map(lambda x: _core_transfer(*x), (gp, gn, rw, rb), batch_size=chunk)
+    return ap.reshape(*batch, R, K), an.reshape(*batch, R, K)
