@@ -16,6 +16,7 @@ import numpy as np
 from pcmjax.fit import _params
 
 WEAK_TOL = 1e-9  # eigenvalue of the unit-diagonal information below which a direction is flat
+LOADING_TOL = 0.3  # an entry with a larger component along a flat direction is not identified
 
 
 def _bread(entries, st_idx, results, cross, half_dof):
@@ -78,20 +79,21 @@ def _newton_decrement(A, grad, idx, stage_of) -> float:
     return float(np.sqrt(max(dec, 0.0)))
 
 
-def assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof, flat=()):
+def assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof, flat=(), need=None):
     """The pieces of a :class:`pcmjax.fit.FitResult`: fitted model, names, values,
     standard errors (``inf``: not identified), covariance (NaN rows/columns for the
     unidentified), stages, held entries, stage NLLs, Newton decrement and notes.
     ``flat``: indices of further entries the data do not identify (found by refits: the
     law's shape is ambiguous); they keep their local covariance (quantities the data do
     pin down, such as the law's value at a measured level, use it) but an infinite
-    standard error."""
+    standard error. ``need`` ``[P]``: smallest standard errors consistent with the
+    plausible configurations of clipped laws (:mod:`._configs`; ``inf``: not identified)."""
     A, H, scores, grad = _bread(entries, st_idx, results, cross, half_dof)
     if se == "hessian":
         A = H
     idx = np.nonzero(free)[0]
     stages = [entries[i].stage for i in idx]
-    null = not_identified(A, idx, stages)
+    null = _whole_pieces(model0.family, [entries[i] for i in idx], not_identified(A, idx, stages))
     weak = sorted(set(null) | {int(j) for j in np.nonzero(np.isin(idx, list(flat)))[0]})
     ok = np.setdiff1d(np.arange(idx.size), null)
     stage_arr = np.array(stages)
@@ -99,6 +101,10 @@ def assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se
     if ok.size:
         covf[np.ix_(ok, ok)] = _covariance(A, scores, idx[ok], stage_arr[ok], se)
     stderr = np.sqrt(np.maximum(np.diag(covf), 0.0))
+    if need is not None:
+        wide = need[idx]
+        weak = sorted(set(weak) | set(np.nonzero(np.isinf(wide))[0].tolist()))
+        stderr = np.maximum(stderr, np.where(np.isfinite(wide), wide, 0.0))
     stderr[weak] = np.inf
     decrement = _newton_decrement(A, grad, idx[ok], stage_arr[ok])
     fitted = _params.finalize(_params.with_values(model0, entries, theta))
@@ -109,12 +115,31 @@ def assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se
         notes.append("held (no device informs them, or a clip bound the data do not reach: the law is not "
                      "clipped within the measured range): " + ", ".join(fixed))
     if weak:
-        notes.append("not identified by these data (the likelihood is flat along them; their standard errors are "
-                     "reported as inf; more distinct target levels would help): " + ", ".join(names[j] for j in weak))
+        notes.append("not identified by these data (the likelihood is flat along them, or a clipped law fits as "
+                     "well with other levels on its pieces; their standard errors are reported as inf; more "
+                     "distinct target levels would help): " + ", ".join(names[j] for j in weak))
     if model0.family == "hermes":
         notes.append("HERMES clip bounds and thresholds (indices 2-4 of mu_nu, sigma_nu, q_s_law) held at their "
                      "starting values")
     return (fitted, names, theta[idx], stderr, covf, stages, fixed, stage_nll, decrement, notes)
+
+
+def _piece(family, e):
+    """The polynomial piece an entry belongs to: its coefficients are identified together."""
+    if e.field == "prog_coeffs" or family == "flexible":
+        return (e.field,)
+    if family == "hermes" and e.index is not None:
+        return (e.field, "log" if e.index < 2 else "cubic" if e.index >= 5 else e.index)
+    if family == "pcm_like" and e.index in (0, 1):
+        return (e.field, "line")
+    return (e.field, e.index)
+
+
+def _whole_pieces(family, ents, null) -> list:
+    """``null`` extended to every coefficient of a piece one of whose coefficients is in it
+    (with one held, the covariance of the others would be that of a different law)."""
+    bad = {_piece(family, ents[j]) for j in null}
+    return sorted(set(null) | {j for j, e in enumerate(ents) if _piece(family, e) in bad})
 
 
 def not_identified(A, idx, stages, tol: float = WEAK_TOL) -> list:
@@ -139,7 +164,7 @@ def not_identified(A, idx, stages, tol: float = WEAK_TOL) -> list:
         d = np.sqrt(np.diag(Ml))
         lam, vec = np.linalg.eigh(Ml / np.outer(d, d))
         for k in np.nonzero(lam < tol * max(lam.max(), 1e-300))[0]:
-            out += [blk[live[j]] for j in np.nonzero(np.abs(vec[:, k]) > 0.3)[0]]
+            out += [blk[live[j]] for j in np.nonzero(np.abs(vec[:, k]) > LOADING_TOL)[0]]
     return sorted(set(out))
 
 

@@ -16,7 +16,12 @@ The estimator (details in :mod:`._reduce` and :mod:`._likelihood`):
    equations (A: expected curvature of each stage and the cross-stage Jacobian; B: sum of
    per-device score outer products), which propagates the uncertainty of Q_s into the
    later stages and is robust to the quasi-likelihood of stage 1; ``se="hessian"``
-   gives the inverse finite-difference Hessian of each stage.
+   gives the inverse finite-difference Hessian of each stage;
+5. clipped laws (PCM-like μ_ν and σ_ν): every configuration of which levels sit on which
+   piece is refitted (:mod:`._configs`); the errors of their entries cover every
+   configuration within ΔNLL < 2 of the best (a profile-likelihood interval over the
+   configurations), and an entry some such configuration leaves undetermined is reported
+   as not identified.
 """
 
 from __future__ import annotations
@@ -63,6 +68,10 @@ class FitResult:
         ``U``: corrected ln g_prog and its variance, ``q2``: Q_s², ``rss``, ``e_rss``, ...).
       bins: target-conductance bins of the fitted devices ``(index, centers, edges)``.
       data: the measurements.
+      alternatives: ``[(model, delta_nll, names)]``: other configurations of the clipped
+        laws (which levels sit on which piece) whose NLL is within 2 of the best, with the
+        entries each leaves undetermined; the standard errors and :meth:`mean_drift` cover
+        them.
     """
 
     model: DeviceModel
@@ -78,6 +87,7 @@ class FitResult:
     devices: dict = dataclasses.field(repr=False, default=None)
     bins: tuple = dataclasses.field(repr=False, default=None)
     data: Measurements = dataclasses.field(repr=False, default=None)
+    alternatives: list = dataclasses.field(repr=False, default_factory=list)
 
     def params(self) -> dict:
         """``{name: (value, stderr)}`` of the estimated parameters (stderr ``inf``: not
@@ -102,8 +112,9 @@ class FitResult:
 
     def mean_drift(self, g_target):
         """Mean drift exponent ``E|μ_ν + σ_ν ξ|`` at ``g_target`` ``[L]`` (µS) with its
-        delta-method standard error: ``(value [L], stderr [L])``, ``inf`` where a parameter
-        the data do not identify moves it."""
+        delta-method standard error, widened to cover the plausible alternative
+        configurations: ``(value [L], stderr [L])``, ``inf`` where a parameter the data do
+        not identify moves it."""
         return mean_drift(self, g_target)
 
     def binned(self) -> dict:
@@ -190,7 +201,7 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
         raise ValueError("no device has three or more reads: the read noise (Q_s) cannot be fitted.")
     entries = _params.entries_for(model0)
     res = fit_entries(model0, entries, sub, se, max_iter, starts=starts, init_first=init is not None)
-    fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, newton_decrement, fixed_notes, table = res
+    fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, newton_decrement, fixed_notes, table, alts = res
     notes += fixed_notes
     p = len(names)
     n_reads = int(sub.mask.sum())
@@ -200,4 +211,4 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
               n_reads=n_reads, n_devices_total=stats.n_devices, newton_decrement=newton_decrement)
     return FitResult(model=fitted, family=family, names=names, values=values, stderr=stderr, cov=cov,
                      stages=stage_list, fixed=fixed, stats=st, notes=notes, devices=table,
-                     bins=make_bins(table["g_target"]), data=data)
+                     bins=make_bins(table["g_target"]), data=data, alternatives=alts)

@@ -14,6 +14,9 @@ Every stage is started from several points and the lowest NLL wins:
 The clipped laws make the likelihood flat in any entry whose piece no device reaches, so
 a single start from the published values can stop far from the optimum; the moment
 start puts every piece where the data are, and the other starts guard against the rest.
+At the end of the drift stage of a family with clipped laws every plausible configuration
+of the laws is refitted as well (:mod:`._configs`): the best becomes the optimum, and the
+others widen the standard errors.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import optax
 
 from pcmjax.fit import _likelihood as LK
 from pcmjax.fit import _params
+from pcmjax.fit._configs import CLIPPED_FIELDS, configurations
 from pcmjax.fit._covariance import assemble
 from pcmjax.fit._diagnostics import binned_estimates
 from pcmjax.fit._evaluate import Evaluator
@@ -51,6 +55,7 @@ def fit_entries(model0, entries, sub, se, max_iter, starts: int = 2, init_first:
         ev.n_devices = sub.n_devices
         free = np.zeros(len(entries), bool)
         results, prev, flat = {}, {}, set()
+        need, alts = np.zeros(len(entries)), []
         # (constant Q_s laws need no averaging over the programming distribution)
         two_passes = (model0.q_s_from == "programmed" and st_idx["prog"].size > 0
                       and model0.family != "state_independent")
@@ -76,7 +81,14 @@ def fit_entries(model0, entries, sub, se, max_iter, starts: int = 2, init_first:
                     prev[s] = (steps, ok, H0)
                 if last:
                     th, ok, bent = _drop_unneeded_bounds(ev, s, th, ok, H0, model0.family, theta[idx], max_iter)
-                    flat |= set(idx[bent].tolist())
+                    if s == "drift" and model0.family in CLIPPED_FIELDS:
+                        # every configuration of the clipped laws, a bent one included, is weighed
+                        mini = lambda e, st, t, o: _minimise(e, st, t, o, H0, max_iter)  # noqa: E731
+                        th, ok, need[idx], alt = configurations(ev, s, th, ok, _bins(ev, theta, st_idx), mini,
+                                                                 model0.family)
+                        alts += [(idx, *a) for a in alt]
+                    else:
+                        flat |= set(idx[bent].tolist())
                     # Step sizes again at the optimum: the curvature there sets the standard errors.
                     steps = np.where(ok, ev.step_sizes(s, th)[0], steps)
                     fd = ev.finite_differences(s, th, steps)
@@ -92,8 +104,25 @@ def fit_entries(model0, entries, sub, se, max_iter, starts: int = 2, init_first:
         stage_nll = [float(ev.value(s, theta[st_idx[s]])) for s in _params.STAGES]
         table = ev.device_table(theta[st_idx["noise"]])
     half_dof = 0.5 * np.asarray(d["dof"]) * (np.asarray(d["usable"]) > 0)
-    return assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof,
-                    sorted(flat)) + (table,)
+    out = assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof, sorted(flat), need)
+    return out + (table, _alternative_models(model0, entries, theta, alts))
+
+
+def _bins(ev, theta, st_idx) -> dict:
+    """Per-level moment estimates at the fitted noise parameters."""
+    table = ev.device_table(theta[st_idx["noise"]])
+    return binned_estimates(types.SimpleNamespace(devices=table, bins=make_bins(table["g_target"])))
+
+
+def _alternative_models(model0, entries, theta, alts) -> list:
+    """``[(model, delta_nll, names not identified)]`` of the plausible alternative configurations."""
+    out = []
+    for idx, tc, _, dnll, unid in alts:
+        full = theta.copy()
+        full[idx] = tc
+        model = _params.finalize(_params.with_values(model0, entries, full))
+        out.append((model, float(dnll), [entries[idx[k]].name for k in sorted(unid)]))
+    return out
 
 
 def _drop_unneeded_bounds(ev, s, th, ok, H, family, given, max_iter):

@@ -50,7 +50,7 @@ def _unsupported(name, module, what):
 
 def _check_plain(name, m, fn_attr, default_fn):
     """Linear and Conv become AnalogLinear/AnalogConv, which compute in float32 with lax."""
-    if m.dtype not in (None, jnp.float32) or m.param_dtype != jnp.float32:
+    if (m.dtype is not None and jnp.dtype(m.dtype) != jnp.float32) or jnp.dtype(m.param_dtype) != jnp.float32:
         raise _unsupported(name, m, f"dtype={m.dtype}, param_dtype={m.param_dtype} (float32 only)")
     if m.precision is not None or m.preferred_element_type is not None:
         raise _unsupported(name, m, "a precision or preferred_element_type")
