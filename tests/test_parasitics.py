@@ -7,7 +7,15 @@ import pytest
 from jax.test_util import check_grads
 
 import pcmjax as pj
-from pcmjax.chip.parasitics import ParasiticsConfig, effective_conductances, effective_pair, kb, kw, nodal_solve
+from pcmjax.chip.parasitics import (
+    ParasiticsConfig,
+    effective_conductances,
+    effective_pair,
+    kb,
+    kw,
+    nodal_solve,
+    through_wires,
+)
 
 R = K = 16
 
@@ -173,3 +181,40 @@ def test_exact_method_in_the_chip_beyond_the_expansion():
     st = pj.program_chip(key, jnp.asarray(w[None], jnp.float32), cfg)
     y = np.asarray(pj.mvm(key, st, jnp.asarray(v[None, None], jnp.float32)))[0, 0]
     assert np.max(np.abs(y - exact)) / np.max(np.abs(exact)) < 2e-3
+
+
+@pytest.mark.parametrize("method", ["fixed_point", "exact"])
+def test_read_noise_variance_attenuated_like_the_signal(method):
+    # A device's conductance noise reaches its ADC scaled by ∂(column current)/∂g, from a
+    # float64 nodal analysis by central differences; through_wires uses (a/g)², within
+    # the device's own loading of its lines and O(λ²) of it (λ = 0.2 on 16×16).
+    gp, gn, _ = _array(3)
+    lam = 0.2
+    r = lam / (1e-6 * (gp.mean() * K * K + (gp + gn).mean() * R * R) / 2)
+    cfg = pj.ChipConfig.ideal(n_cores=1, rows=R, cols=K).replace(parasitics=ParasiticsConfig(r, r, method=method))
+    g = jnp.asarray(np.stack([gp, gn])[None], jnp.float32)
+    g_eff, var_eff = through_wires(g, jnp.ones_like(g), cfg)
+    np.testing.assert_allclose(g_eff, effective_conductances(g, cfg), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    model, exact = [], []
+    for _ in range(6):
+        i, k = rng.integers(R), rng.integers(K)
+        pol = 0 if gp[i, k] > 0 else 1
+        v, h = np.eye(R)[i], 1e-3
+        step = np.zeros((2, R, K))
+        step[pol, i, k] = h
+        up = _ref_nodal(gp + step[0], gn + step[1], v, r, r)[k]
+        dn = _ref_nodal(gp - step[0], gn - step[1], v, r, r)[k]
+        exact.append(((up - dn) / (2 * h)) ** 2)
+        model.append(float(var_eff[0, pol, i, k]))
+    exact, model = np.array(exact), np.array(model)
+    assert np.max(np.abs(model / exact - 1)) < 0.1
+    assert np.mean(1 / exact - 1) > 0.2  # without the attenuation the variance is far off
+
+
+def test_variance_untouched_by_ideal_wires():
+    g = jax.random.uniform(jax.random.key(4), (2, 2, 5, 6), maxval=20.0).at[0, 0, 1, 1].set(0.0)
+    var = jnp.full_like(g, 0.3)
+    cfg = pj.ChipConfig.ideal(n_cores=2, rows=5, cols=6).replace(parasitics=ParasiticsConfig(1e-9, 1e-9))
+    _, v = through_wires(g, var, cfg)
+    np.testing.assert_allclose(v, var, rtol=1e-5)

@@ -137,6 +137,37 @@ def effective_conductances(g, cfg):
     return jnp.stack([gp, gn], axis=-3)
 
 
+def through_wires(g, var, cfg):
+    """Effective conductances and per-read variances of a ChipConfig's wire resistance.
+
+    The per-read noise of a device is a fluctuation ``δg`` of its conductance. It reaches
+    the ADC of its column through the same wires as the signal: to first order in ``δg``
+    the transfer conductance of its row and column moves by ``(∂a/∂g) δg``, with
+    ``∂a/∂g = x y``, the voltages across the device per volt on its driver (``x``) and
+    per volt on its ADC (``y``) (Tellegen's theorem; the fluctuation's effect on the other
+    columns is of second order in the wire resistance and is left out). Without the
+    neighbours' cross paths ``a = g x y``, so ``∂a/∂g = a / g``: exact for the first-order
+    model (whose ``a / g`` is the product of the two lines' attenuations) and within
+    ``O(λ²)`` of ``x y`` for the exact solve (tests/test_parasitics.py checks it against a
+    float64 dense analysis). The variance therefore scales by ``(a / g)²``, clipped to
+    ``[0, 1]`` (``|x|, |y| ≤ 1`` in a passive network; a device at 0 µS has no read noise).
+    The drift-compensation reference read goes through the same conductances and
+    variances as every MVM.
+
+    Args:
+      g: ``[..., C, 2, R, K]`` device conductances, µS.
+      var: per-read variances of the same shape (any unit: the scale is dimensionless).
+      cfg: a :class:`~pcmjax.ChipConfig` with wire resistance.
+
+    Returns:
+      ``(g_eff, var_eff)`` of the shape of ``g``: :func:`effective_conductances` and the
+      attenuated variances.
+    """
+    g_eff = effective_conductances(g, cfg)
+    ratio = jnp.clip(g_eff / jnp.where(g > 0, g, 1.0), 0.0, 1.0)
+    return g_eff, var * jnp.where(g > 0, ratio, 1.0) ** 2
+
+
 def nodal_solve(g_pos, g_neg, v, r_word_line, r_bit_line):
     """Exact column currents of one crossbar by a direct nodal solve (small arrays).
 
