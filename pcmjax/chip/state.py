@@ -14,6 +14,8 @@ programmed chip.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from functools import partial
 
 import jax
@@ -22,6 +24,7 @@ from flax import struct
 
 from pcmjax import _streams
 from pcmjax._validate import check_bool, check_instance, check_key, check_weights, is_traced
+from pcmjax.chip import compact, parasitics
 from pcmjax.chip.age import age, drift_exponents, error_if_negative_time
 from pcmjax.chip.compensation import compensation_factor, reference_read
 from pcmjax.chip.faults import fault_rates, faulty_conductances, program_faults, set_drift_exponent
@@ -34,7 +37,25 @@ from pcmjax.devices._base import check_time
 from pcmjax.periphery.adc import sample_adc_mismatch
 from pcmjax.periphery.ldpu import calibrate
 
-__all__ = ["ChipState", "program_chip", "apply_faults"]
+__all__ = ["ChipState", "program_chip", "apply_faults", "times_checked_before_tracing"]
+
+_CHECK_TRACED_TIMES = contextvars.ContextVar("pcmjax_check_traced_times", default=True)
+
+
+@contextlib.contextmanager
+def times_checked_before_tracing():
+    """Within this context, traced times are taken as already checked.
+
+    ``at_time`` checks a traced ``t`` when the computation runs, with a host callback per
+    evaluation; a Monte Carlo study checks its times when it is built, so its runner
+    traces inside this context and its compiled program makes no callbacks (under load
+    they cost about a quarter of an evaluation).
+    """
+    token = _CHECK_TRACED_TIMES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_TRACED_TIMES.reset(token)
 
 
 @struct.dataclass
@@ -57,6 +78,8 @@ class ChipState:
       w, var: ``[C, P, R, K]`` conductances at ``t`` and their per-read variance,
         normalised by ``g_max`` and ``g_max²``.
       comp: ``[C, K]`` drift-compensation factor at ``t``.
+      tiles: ``(rows, cols)`` block each core uses (static; ``None``: whole cores), see
+        :mod:`pcmjax.chip.compact`.
     """
 
     cfg: ChipConfig = struct.field(pytree_node=False)
@@ -76,6 +99,7 @@ class ChipState:
     w: jax.Array
     var: jax.Array
     comp: jax.Array
+    tiles: tuple | None = struct.field(pytree_node=False, default=None)
 
     @property
     def n_cores(self) -> int:
@@ -88,6 +112,13 @@ class ChipState:
     @property
     def cols(self) -> int:
         return self.g_prog.shape[-1]
+
+    @property
+    def groups(self) -> tuple:
+        """Runs of cores simulated as one array: ``((first core, cores, rows, cols), ...)``
+        (:mod:`pcmjax.chip.compact`; whole cores with wire resistance on)."""
+        tiles = None if parasitics.enabled(self.cfg) else self.tiles
+        return compact.core_groups(tiles, self.n_cores, self.rows, self.cols)
 
     def at_time(self, key, t) -> ChipState:
         """The state ``t`` seconds after programming (drift, accumulated noise, compensation).
@@ -135,12 +166,13 @@ def _checked_time(key, t):
     check_time(t)
     if jnp.ndim(t) != 0:
         raise ValueError(f"t must be a scalar number of seconds (vmap for several times), got shape {jnp.shape(t)}.")
-    if is_traced(t):
+    if is_traced(t) and _CHECK_TRACED_TIMES.get():
         error_if_negative_time(t)
     return jnp.asarray(t, jnp.float32)
 
 
-def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceModel | None = None) -> ChipState:
+def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceModel | None = None, *,
+                 tiles=None) -> ChipState:
     """Map weights onto the chip and program every core at once.
 
     Args:
@@ -149,6 +181,11 @@ def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceMode
         ``cols ≤ cfg.cols`` (a core holds one tile; only the given cores are simulated).
       cfg: :class:`ChipConfig` (default: HERMES).
       device: device model (default: ``HermesPCM(num_devices=2)``).
+      tiles: ``None`` (every core's whole ``rows × cols`` is simulated) or one
+        ``(rows, cols)`` pair per core: the top-left block that holds the core's tile
+        (weights outside it must be 0). Only those devices are programmed, aged, read and
+        calibrated (:mod:`pcmjax.chip.compact`: same physics of the used block, other
+        random draws); :func:`pcmjax.nn.deploy` passes its tiles.
 
     Returns:
       a :class:`ChipState` at ``t = 0`` (right after programming).
@@ -157,7 +194,7 @@ def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceMode
     cfg = check_instance("cfg", ChipConfig() if cfg is None else cfg, ChipConfig)
     device = check_instance("device", HermesPCM(num_devices=2) if device is None else device, DeviceModel)
     weights = check_weights(weights, cfg)
-    return _program(key, weights, device, cfg)
+    return _program(key, weights, device, cfg, compact.check_tiles(tiles, weights.shape))
 
 
 def _program_devices(key, k_prog, k_nu, g_target, device, cfg):
@@ -175,17 +212,20 @@ def _program_devices(key, k_prog, k_nu, g_target, device, cfg):
     return g_target, g_prog, nu
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def _program(key, weights, device, cfg):
+@partial(jax.jit, static_argnames=("cfg", "tiles"))
+def _program(key, weights, device, cfg, tiles=None):
     # Closed-over weights would make every programming step a constant expression for XLA
     # to fold at compile time (minutes for a full chip); see _unfolded.
     weights = jax.lax.optimization_barrier(weights)
     k_prog, k_nu, k_adc, k_ref = jax.random.split(key, 4)
     with jax.named_scope("map"):
         g_target, w_max = map_weights(weights, device.g_max, cfg)
+    n_cores, rows, cols = weights.shape
+    groups = compact.core_groups(None if parasitics.enabled(cfg) else tiles, n_cores, rows, cols)
     with jax.named_scope("program"):
-        g_target, g_prog, nu = _program_devices(key, k_prog, k_nu, g_target, device, cfg)
-    n_cores, cols = weights.shape[0], weights.shape[2]
+        parts = [_program_devices(*(compact.group_key(k, j, groups) for k in (key, k_prog, k_nu)),
+                                  compact.block(g_target, grp), device, cfg) for j, grp in enumerate(groups)]
+        g_target, g_prog, nu = (compact.unblock([p[i] for p in parts], rows, cols) for i in range(3))
     with jax.named_scope("calibrate"):
         adc = sample_adc_mismatch(k_adc, cfg.adc, (n_cores, cols))
         gamma, beta = calibrate(w_max[:, 0, :], adc["gain_est"], adc["offset_est"],
@@ -196,7 +236,7 @@ def _program(key, weights, device, cfg):
         adc_gain=adc["gain"], adc_offset=adc["offset"], adc_nonlin=adc["nonlin"],
         adc_offset_est=adc["offset_est"], gamma=gamma, beta=beta, gdc_ref=zeros,
         t=jnp.zeros((), jnp.float32), w=jnp.zeros((n_cores, 1, 1, 1)), var=jnp.zeros((n_cores, 1, 1, 1)),
-        comp=jnp.ones_like(zeros),
+        comp=jnp.ones_like(zeros), tiles=tiles,
     )
     # The reference read right after programming, then the prepared state at t = 0.
     state = state.replace(gdc_ref=_initial_reference(k_ref, state))
@@ -204,12 +244,30 @@ def _program(key, weights, device, cfg):
 
 
 def _aged(key, state: ChipState, t, **kw):
-    """``age`` of the state's devices: ``(g, var)``, ``[C, 2, R, K]`` each.
+    """``age`` of each group's devices: ``[(group, g, var, g_target)]``, ``[n, 2, r, k]`` each.
 
     The barrier keeps a closed-over (constant) state from being aged by XLA's constant
     folder at compile time (see :func:`_unfolded`)."""
     state = _unfolded(state)
-    return age(key, state.g_prog, state.nu, state.g_target, state.device, state.cfg, t, **kw)
+    groups, out = state.groups, []
+    for j, grp in enumerate(groups):
+        g_target = compact.block(state.g_target, grp)
+        g, var = age(compact.group_key(key, j, groups), compact.block(state.g_prog, grp),
+                     compact.block(state.nu, grp), g_target, state.device, state.cfg, t, **kw)
+        out.append((grp, g, var, g_target))
+    return out
+
+
+def _group_adc(state: ChipState, grp) -> dict:
+    return {k: compact.block_columns(v, grp) for k, v in state.adc_params().items()}
+
+
+def _references(key, state: ChipState, aged) -> jax.Array:
+    """The compensation reference read of every group, ``[C, K]`` (0 in unused columns)."""
+    refs = [reference_read(compact.group_key(key, j, state.groups), g / state.device.g_max, var,
+                           _group_adc(state, grp), state.cfg, g_target)
+            for j, (grp, g, var, g_target) in enumerate(aged)]
+    return compact.unblock_columns(refs, state.cols)
 
 
 def _unfolded(state: ChipState) -> ChipState:
@@ -227,16 +285,15 @@ def _unfolded(state: ChipState) -> ChipState:
 def _initial_reference(key, state: ChipState):
     """The drift-compensation reference read right after programming, ``[C, K]``."""
     with jax.named_scope("reference"):
-        g0, var0 = _aged(jax.random.fold_in(key, 0), state, jnp.zeros((), jnp.float32))
-        return reference_read(jax.random.fold_in(key, 1), g0 / state.device.g_max, var0, state.adc_params(),
-                              state.cfg, state.g_target)
+        aged = _aged(jax.random.fold_in(key, 0), state, jnp.zeros((), jnp.float32))
+        return _references(jax.random.fold_in(key, 1), state, aged)
 
 
 @partial(jax.jit, static_argnames=("effective",))
 def _device_conductances(key, state: ChipState, t, effective):
     k_age, _, _ = jax.random.split(key, 3)  # the split of _prepare
-    g, _ = _aged(k_age, state, t, effective=effective, variance=False)
-    return g
+    aged = _aged(k_age, state, t, effective=effective, variance=False)
+    return compact.unblock([g for _, g, _, _ in aged], state.rows, state.cols)
 
 
 @jax.jit
@@ -246,20 +303,19 @@ def _prepare(key, state: ChipState, t):
     state = _unfolded(state)
     k_age, k_ref, _ = jax.random.split(key, 3)
     with jax.named_scope("age"):
-        g, var = _aged(k_age, state, t)
-        g_n = g / state.device.g_max
+        aged = _aged(k_age, state, t)
     if cfg.drift_compensation != "none":
         with jax.named_scope("reference"):
-            ref_t = reference_read(k_ref, g_n, var, state.adc_params(), cfg, state.g_target)
-            comp = compensation_factor(state.gdc_ref, ref_t, cfg.drift_compensation)
+            comp = compensation_factor(state.gdc_ref, _references(k_ref, state, aged), cfg.drift_compensation)
     else:
         comp = jnp.ones_like(state.gdc_ref)
-    if cfg.read_phases == 1:
-        w = (g_n[:, 0] - g_n[:, 1])[:, None]
-        var = (var[:, 0] + var[:, 1])[:, None]
-    else:
-        w = g_n
-    return state.replace(t=t, w=w, var=var, comp=comp)
+    ws, vs = [], []
+    for _, g, var, _ in aged:  # the layout of the read
+        g_n = g / state.device.g_max
+        ws.append((g_n[:, 0] - g_n[:, 1])[:, None] if cfg.read_phases == 1 else g_n)
+        vs.append((var[:, 0] + var[:, 1])[:, None] if cfg.read_phases == 1 else var)
+    return state.replace(t=t, w=compact.unblock(ws, state.rows, state.cols),
+                         var=compact.unblock(vs, state.rows, state.cols), comp=comp)
 
 
 def apply_faults(key, state: ChipState, faults: FaultConfig) -> ChipState:

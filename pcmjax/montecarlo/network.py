@@ -183,7 +183,7 @@ class NetworkWorkload(Workload):
         dep = self._deployed()
         cfg = variant.config.replace(n_cores=dep.config.n_cores)
         k_prog, k_age, k_read, k_cal = jax.random.split(key, 4)
-        return program_chip(k_prog, data["weights"], cfg, device), k_age, k_read, k_cal
+        return program_chip(k_prog, data["weights"], cfg, device, tiles=dep.layout.tiles), k_age, k_read, k_cal
 
     def _lstsq(self, key, dep, state, data):
         cal = pnn.identity_calibration(dep.layout)

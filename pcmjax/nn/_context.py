@@ -83,6 +83,8 @@ def slice_cores(state, start: int, n: int, rows: int | None = None, cols: int | 
         if rows is not None and v.ndim >= 3 and v.shape[-2] == R:
             v = v[..., :rows, :]
         changes[f.name] = v
+    if state.tiles is not None:  # the used block of each core, cut like the arrays
+        changes["tiles"] = tuple((min(r, rows or R), min(k, cols or K)) for r, k in state.tiles[start:start + n])
     return state.replace(**changes)
 
 

@@ -90,6 +90,12 @@ class Layout:
         return sum(lp.n_tiles for lp in self.layers)
 
     @property
+    def tiles(self) -> tuple:
+        """``(rows, cols)`` of every tile in core order: the block each occupied core uses
+        (``program_chip(..., tiles=...)`` simulates only those devices)."""
+        return tuple((b - a, d - c) for lp in self.layers for a, b in lp.row_chunks for c, d in lp.col_chunks)
+
+    @property
     def utilisation(self) -> float:
         w = sum(lp.shape[0] * lp.shape[1] for lp in self.layers)
         return w / (self.n_tiles * self.core_rows * self.core_cols)
@@ -239,7 +245,7 @@ class DeployedModel:
     # -- pure pieces --------------------------------------------------------------
     def program(self, key) -> ChipState:
         """Program a fresh chip instance with this network's tiles (vmap over keys for many)."""
-        return program_chip(key, self.weights, self.config, self.device)
+        return program_chip(key, self.weights, self.config, self.device, tiles=self.layout.tiles)
 
     def apply(self, state, calibration, key, x, *, record: bool = False):
         """The forward pass on a given state and calibration (pure, jit/vmap-able).
@@ -333,7 +339,7 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     ref_graphdef, _ = nnx.split(ref_model)
     weights = tile_weights(chip_model, layout)
     cfg = config if n_chips == 1 else config.replace(n_cores=config.n_cores * n_chips)
-    state = program_chip(key, weights, cfg, device) if program else None
+    state = program_chip(key, weights, cfg, device, tiles=layout.tiles) if program else None
     return DeployedModel(graphdef, params, ref_graphdef, layout, cfg, device, weights, state,
                          identity_calibration(layout))
 
