@@ -200,7 +200,7 @@ def _parser():
 def _smoke(args):
     args.embed, args.hidden, args.steps, args.hwa_steps = 16, 32, 60, 20
     args.batch, args.length, args.eval_sequences, args.eval_length = 16, 32, 8, 32
-    args.instances, args.times = 2, 2
+    args.instances, args.times = 1, 2
 
 
 def train_checkpoint(args, key, train, valid, path: Path, log=print) -> dict:
@@ -228,6 +228,15 @@ def train_checkpoint(args, key, train, valid, path: Path, log=print) -> dict:
     return info
 
 
+# The smoke run: two variants (seconds, not minutes).
+SMOKE_EXTRA = """
+[variants.gdc]
+drift_compensation = "global"
+[variants.calibrated]
+drift_compensation = "global"
+calibrate = true
+"""
+
 STUDY_TOML = """\
 # The character LSTM on the HERMES chip (written by benchmarks/char_lstm.py).
 [study]
@@ -244,7 +253,7 @@ model_args = {{ embed = {embed}, hidden = {hidden}, seed = {seed} }}
 checkpoint = "char_lstm.npz"
 dataset = "test.npz"
 calibration_examples = {n_cal}
-
+{extra}
 [device]
 model = "hermes"
 num_devices = 2
@@ -283,7 +292,7 @@ def main(argv=None) -> int:
              x_cal=sequences(train, n_cal, args.eval_length + 1))
     toml = STUDY_TOML.format(instances=args.instances, times=args.times, output=out / "study",
                              factory=HERE / "char_lstm.py:char_lstm", embed=args.embed, hidden=args.hidden,
-                             seed=args.seed, n_cal=n_cal)
+                             seed=args.seed, n_cal=n_cal, extra=SMOKE_EXTRA if args.smoke else "")
     (out / "study.toml").write_text(toml)
     sc = mcc.load_study_file(out / "study.toml")
     results = mc.run_study(sc.study, sc.output, plots=not args.smoke)

@@ -167,8 +167,11 @@ class NetworkWorkload(Workload):
             dep = self._deployed()
             n_eval = self.x_eval.shape[0]
             _, ref_all = dep.reference(jnp.asarray(np.concatenate([self.x_eval, self.x_cal])), record=True)
-            ref = {i: r[:n_eval] for i, r in ref_all.items()}
-            ref_cal = {i: r[n_eval:] for i, r in ref_all.items()}
+            # One row per example: a layer may record its output with the batch and token
+            # axes flattened together ([N · T, cols], batch outermost).
+            n_all = n_eval + self.x_cal.shape[0]
+            ref = {i: r.reshape(n_all, -1)[:n_eval] for i, r in ref_all.items()}
+            ref_cal = {i: r.reshape(n_all, -1)[n_eval:] for i, r in ref_all.items()}
             n = len(dep.layout.layers)
             biases = [_column_bias(layer, lp.shape[1])  # chip_index order
                       for (_, layer), lp in zip(pnn.analog_layers(self.model), dep.layout.layers)]
@@ -216,7 +219,7 @@ class NetworkWorkload(Workload):
         logits, outs = dep.apply(st, cal, k_read, data["x"], record=True)
         out = self._task_metrics(logits, data["y"])
         for i, name in enumerate(self.layer_names):
-            out[f"layer_error/{name}"] = relative_error(outs[i], data["ref"][i])
+            out[f"layer_error/{name}"] = relative_error(outs[i].reshape(data["ref"][i].shape), data["ref"][i])
         return out
 
     def conductances(self, key, data, device, t, variant):
