@@ -5,7 +5,7 @@ fraction of identified parameters (finite standard error) and of mean drift expo
 5 levels with a finite error within ±2 reported standard errors (with how many were
 identified / finite), the worst NLL difference (default − truth start) and the time,
 then one JSON line. Usage: ``python benchmarks/bench_fit.py [--sets 30] [--devices 400]
-[--families pcm_like,state_independent,hermes]``; ``--examples`` runs the two worked
+[--families pcm_like,state_independent,hermes,flexible]``; ``--examples`` runs the two worked
 examples instead (1000 PCM-like devices with the drift law clipped over most levels; 1200
 single HERMES devices whose drift law is 0.8 of the published one, 6 reads from 30 s to
 1 week): the default fit against the fit started at the truth and the mean drift
@@ -21,11 +21,13 @@ import time
 import jax
 import numpy as np
 
-from pcmjax.devices import HermesPCM, PCMLike, StateIndependent
+from pcmjax.devices import Flexible, HermesPCM, PCMLike, StateIndependent
 from pcmjax.fit import _params, fit_device_model, simulate_measurements
 from pcmjax.fit._derived import _split, folded_mean
 
-BASES = {"pcm_like": lambda: PCMLike(1), "state_independent": StateIndependent, "hermes": lambda: HermesPCM(2)}
+BASES = {"pcm_like": lambda: PCMLike(1), "state_independent": StateIndependent, "hermes": lambda: HermesPCM(2),
+         "flexible": lambda: Flexible(1, g_max=25.0, prog_coeffs=[0.3, 2.0, -1.0, 0.2], mu_nu=[0.09, -0.05, 0.01, 0.0],
+                                      sigma_nu=[0.03, -0.01, 0.0, 0.0], q_s_law=[0.03, -0.02, 0.01, 0.0])}
 
 
 def run_family(family: str, n_sets: int, n_devices: int) -> dict:
@@ -95,7 +97,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sets", type=int, default=30)
     p.add_argument("--devices", type=int, default=400)
-    p.add_argument("--families", default="pcm_like,state_independent,hermes")
+    p.add_argument("--families", default="pcm_like,state_independent,hermes,flexible")
     p.add_argument("--examples", action="store_true", help="run the two worked examples instead")
     a = p.parse_args()
     if a.examples:
