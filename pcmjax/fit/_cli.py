@@ -43,9 +43,10 @@ def build_parser(prog: str = "pcmjax fit") -> argparse.ArgumentParser:
                    help="leave out target bins whose relative read noise exceeds this (default 0.3)")
     p.add_argument("--init", default=None,
                    help="model JSON to start from (pcmjax.devices.save writes one; also sets g_max, t0, t_read)")
-    p.add_argument("--starts", type=int, default=2,
-                   help="starting points per likelihood stage (default 2: per-level moment estimates and the "
-                        "--init model or the published values; more add displaced restarts)")
+    p.add_argument("--starts", type=int, default=4,
+                   help="starting points per likelihood stage (default 4: per-level moment estimates, the "
+                        "--init model or the published values, and both with the spread laws doubled; more "
+                        "add displaced restarts)")
     p.add_argument("--seed", type=int, default=0, help="seed of the devices simulated for the drift figure")
     p.add_argument("--se", default="sandwich", choices=("sandwich", "hessian"), help="standard-error method")
     p.add_argument("--stats-json", default=None, help="also write parameters, errors and fit statistics here")

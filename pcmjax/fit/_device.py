@@ -142,7 +142,7 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
                      g_max: float | None = None, t0: float | None = None, t_read: float | None = None,
                      basis: str = "poly", degree: int = 3, init: DeviceModel | None = None,
                      max_rel_noise: float = 0.3, se: str = "sandwich", max_iter: int = 300,
-                     starts: int = 2) -> FitResult:
+                     starts: int = 4) -> FitResult:
     """Fit a device model to conductance measurements by maximum likelihood.
 
     Args:
@@ -159,10 +159,11 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
       init: a model of the family to start from (and to take g_max, t0, t_read and held
         entries from); its values are the first start, the moment estimates the second.
       starts: starting points per likelihood stage (≥ 1): the per-level moment
-        estimates, then ``init`` or the family's published values, then the best optimum
-        displaced by a few standard errors along deterministic directions; the lowest
-        NLL wins. The default 2 reaches the optimum on the families' usual surfaces;
-        more guard against rarer local optima at proportionally more time.
+        estimates, then ``init`` or the family's published values, then those two with
+        every spread law (σ_ν, Q_s, σ_prog) doubled, then the best optimum displaced by a
+        few standard errors along deterministic directions; the lowest NLL wins. The
+        default 4 reaches the optimum on the families' usual surfaces; more guard against
+        rarer local optima at proportionally more time.
       max_rel_noise: target bins whose typical device has a larger relative read noise
         ``Q_s n(t)`` at the last read are left out (the log-domain summaries assume it
         small; the moments used are exact, the Gaussian shapes of ``â`` and ``ν̂``

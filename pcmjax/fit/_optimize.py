@@ -7,7 +7,9 @@ Every stage is started from several points and the lowest NLL wins:
 1. the law fitted to per-level moment estimates (:mod:`._moments`; first unless a
    starting model is given);
 2. the starting model (``init``) or the family's published values;
-3. further starts: the best optimum so far displaced by a few standard errors along
+3. those two with every spread law (σ_ν, Q_s, σ_prog) doubled: a spread the data put
+   near 0 can otherwise end clamped at 0 at every level, where the likelihood is flat;
+4. further starts: the best optimum so far displaced by a few standard errors along
    deterministic quasi-random directions (Halton points mapped to normal quantiles:
    reproducible without a random key).
 
@@ -39,7 +41,7 @@ from pcmjax.fit._moments import noise_bins, stage_start
 from pcmjax.fit._reduce import make_bins
 
 
-def fit_entries(model0, entries, sub, se, max_iter, starts: int = 2, init_first: bool = False):
+def fit_entries(model0, entries, sub, se, max_iter, starts: int = 4, init_first: bool = False):
     """Optimise the given entries stage by stage; returns the pieces of a FitResult.
 
     Args:
@@ -182,7 +184,8 @@ def _bend_value(ev, s, th, entry, far):
 
 
 def _candidates(ev, s, theta, st_idx, sub, init_first):
-    """The given start and the moment start of stage ``s`` (in the order of the starts)."""
+    """The given start and the moment start of stage ``s`` (in the order of the starts),
+    then each with its spread laws doubled."""
     given = theta[st_idx[s]].copy()
     if s == "noise":
         bins = noise_bins(sub)
@@ -191,8 +194,16 @@ def _candidates(ev, s, theta, st_idx, sub, init_first):
         bins = binned_estimates(types.SimpleNamespace(devices=table, bins=make_bins(table["g_target"])))
     moment = stage_start(ev.base, ev.ents[s], bins)
     if moment is None or not np.isfinite(ev.value(s, moment)):
-        return [given]
-    return [given, moment] if init_first else [moment, given]
+        cands = [given]
+    else:
+        cands = [given, moment] if init_first else [moment, given]
+    # The same with every spread law (σ_ν, Q_s, σ_prog) doubled: a spread the data put near
+    # 0 can end clamped at 0 at every level (where its likelihood is flat) when
+    # approached from below; from above the search stops at the positive optimum.
+    spread = np.array([e.field in SPREAD_FIELDS and e.name != "q_s_law[1]" for e in ev.ents[s]])
+    if spread.any():
+        cands += [np.where(spread, 2.0 * c, c) for c in cands]
+    return cands
 
 
 def _multistart(ev, s, cands, starts, max_iter):
@@ -222,6 +233,7 @@ def _multistart(ev, s, cands, starts, max_iter):
     return best[1], best[2], best[3], best[4]
 
 
+SPREAD_FIELDS = ("sigma_nu", "q_s_law", "q_s_const", "prog_coeffs", "sigma_prog")
 _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89, 97)
 
 
