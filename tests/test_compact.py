@@ -100,3 +100,15 @@ def test_tiles_are_validated():
         pj.program_chip(jax.random.key(0), w, CFG, tiles=((40, 8), (8, 8)))
     with pytest.raises(TypeError, match="integer pairs"):
         pj.program_chip(jax.random.key(0), w, CFG, tiles=(("a", 8), (8, 8)))
+
+
+def test_layout_tiles_and_report():
+    from flax import nnx
+
+    from pcmjax import nn as pnn
+
+    layout = pnn.plan(pnn.MLP(64, (256, 256), 10, rngs=nnx.Rngs(0)), pj.ChipConfig())
+    assert layout.tiles == ((64, 256), (256, 256), (256, 10))
+    assert f"simulated: {64 * 256 + 256 * 256 + 256 * 10} device pairs" in layout.report()
+    big = pnn.plan(pnn.MLP(300, (10,), 10, rngs=nnx.Rngs(0)), pj.ChipConfig())
+    assert big.tiles == ((150, 10), (150, 10), (10, 10))  # 300 rows split evenly over two cores

@@ -15,11 +15,12 @@ compensation reference already reads only the mapped lines. What differs:
 * devices outside the block are not simulated: their conductances read 0 (a padded core
   holds RESET devices there, with the small conductance of a programmed zero), so an
   input driven on an unused row through :func:`pcmjax.mvm` sees no leakage;
-* the random numbers: each group draws its devices' noise over its own block, with the
-  key folded with the group's index when there are several groups. The statistics are
-  those of the padded core; the individual draws are not (tests/test_compact.py checks
-  both: equal results without noise, equal error statistics with it). A chip whose
-  blocks are all whole cores is one group and draws exactly as without ``tiles``;
+* the random numbers: each group is programmed over its own block (the key folded with
+  the group's index when there are several groups), and ageing draws over every used
+  device at once (one flat array: ageing is elementwise). The statistics are those of
+  the padded core; the individual draws are not (tests/test_compact.py checks both:
+  equal results without noise, equal error statistics with it). A chip whose blocks are
+  all whole cores is one group and draws exactly as without ``tiles``;
 * wire resistance (``cfg.parasitics``): the unused part of the array still loads the
   lines, so with parasitics on the whole cores are simulated (``tiles`` is ignored).
 """

@@ -249,12 +249,20 @@ def _aged(key, state: ChipState, t, **kw):
     The barrier keeps a closed-over (constant) state from being aged by XLA's constant
     folder at compile time (see :func:`_unfolded`)."""
     state = _unfolded(state)
-    groups, out = state.groups, []
-    for j, grp in enumerate(groups):
-        g_target = compact.block(state.g_target, grp)
-        g, var = age(compact.group_key(key, j, groups), compact.block(state.g_prog, grp),
-                     compact.block(state.nu, grp), g_target, state.device, state.cfg, t, **kw)
-        out.append((grp, g, var, g_target))
+    groups = state.groups
+    blocks = [tuple(compact.block(a, grp) for a in (state.g_prog, state.nu, state.g_target)) for grp in groups]
+    if len(groups) == 1:
+        g, var = age(key, *blocks[0], state.device, state.cfg, t, **kw)
+        return [(groups[0], g, var, blocks[0][2])]
+    # Several groups: ageing is elementwise (no wire resistance here), so every used device
+    # is aged in one flat array: one fused computation, traced and compiled once.
+    flat = [jnp.concatenate([b[i].reshape(-1) for b in blocks]) for i in range(3)]
+    g, var = age(key, *flat, state.device, state.cfg, t, **kw)
+    out, start = [], 0
+    for grp, (_, _, g_target) in zip(groups, blocks):
+        stop = start + g_target.size
+        out.append((grp, g[start:stop].reshape(g_target.shape), var[start:stop].reshape(g_target.shape), g_target))
+        start = stop
     return out
 
 

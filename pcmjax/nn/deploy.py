@@ -117,6 +117,9 @@ class Layout:
         lines.append(f"{self.n_tiles} of {cap} cores occupied ({self.n_chips} chip(s) of {self.cores_per_chip} "
                      f"cores of {self.core_rows}x{self.core_cols}); {100 * self.utilisation:.1f}% of their devices "
                      "hold weights")
+        used = sum(r * k for r, k in self.tiles)
+        lines.append(f"simulated: {used} device pairs, each tile's own block ({100 * self.utilisation:.1f}% of the "
+                     "occupied cores; pcmjax.chip.compact)")
         return "\n".join(lines)
 
     def __str__(self):
