@@ -16,9 +16,12 @@ from jax.sharding import Mesh
 from pcmjax._validate import check_int
 
 AXIS = "instances"
-MAX_WIDTH = 8  # instances vmapped together on one device, at most ...
-GROUP_TARGET_BYTES = 64 << 20  # ... and about this much memory per group: a larger group
-# only adds cache misses (the default network study ran 20 % slower with 8 than with 1)
+# Per backend: (instances vmapped together on one device, at most; about this much memory
+# per group). On a CPU a group larger than the caches only adds misses (the default network
+# study ran 20 % slower with 8 than with 1); an accelerator needs wide groups to fill its
+# cores, up to a share of its memory (not measured here: no GPU in our test machines).
+WIDTH_LIMITS = {"cpu": (8, 64 << 20), "gpu": (256, 1 << 30), "tpu": (256, 1 << 30)}
+MAX_WIDTH, GROUP_TARGET_BYTES = WIDTH_LIMITS["cpu"]
 GROUPS_PER_CALL = 1  # groups per device in one call of the compiled program
 GROUPS_PER_CHUNK = 4  # default chunk: at least this many groups per device ...
 MAX_CHUNKS = 64  # ... and more when a run would otherwise need more chunks than this,
@@ -40,14 +43,21 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devs), (AXIS,))
 
 
+def width_limits(backend: str | None = None) -> tuple[int, int]:
+    """``(largest vmap width, memory per group in bytes)`` for a backend (default: JAX's)."""
+    backend = jax.default_backend() if backend is None else backend
+    return WIDTH_LIMITS.get(backend, WIDTH_LIMITS["gpu"])
+
+
 def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: int,
                  chunk_size: int | None = None, n_local_devices: int | None = None,
-                 width: int | None = None) -> tuple[int, int, int]:
+                 width: int | None = None, backend: str | None = None) -> tuple[int, int, int]:
     """``(instances per chunk, batch of one call, vmap width)`` for ``n_todo`` instances.
 
     The *width* is how many instances one device evaluates at once with ``jax.vmap``:
-    as many as fit in ``GROUP_TARGET_BYTES`` and in the device's share of ``budget``
-    (bytes per process), between 1 and ``MAX_WIDTH``. A call of the compiled program
+    as many as fit in the backend's memory per group and in the device's share of
+    ``budget`` (bytes per process), between 1 and the backend's largest width
+    (:data:`WIDTH_LIMITS`: 8 and 64 MiB on a CPU, 256 and 1 GiB on a GPU or TPU). A call of the compiled program
     evaluates one group per device, whatever the chunk size, so one compiled program
     serves every chunk size. A chunk (the unit of progress and of
     the files written) holds ``chunk_size`` instances; by default ``GROUPS_PER_CHUNK``
@@ -56,8 +66,9 @@ def choose_chunk(n_todo: int, n_devices: int, bytes_per_instance: int, budget: i
     """
     n_local = n_devices if n_local_devices is None else n_local_devices
     if width is None:
-        room = min(budget // max(1, n_local), GROUP_TARGET_BYTES)
-        width = int(max(1, min(MAX_WIDTH, room // max(1, bytes_per_instance))))
+        max_width, group_bytes = width_limits(backend)
+        room = min(budget // max(1, n_local), group_bytes)
+        width = int(max(1, min(max_width, room // max(1, bytes_per_instance))))
     unit = width * n_devices
     if chunk_size is not None:
         per_chunk = int(chunk_size)

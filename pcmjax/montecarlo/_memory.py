@@ -67,7 +67,15 @@ def estimate_peak_bytes(fn, *args) -> int:
 
 
 def default_memory_budget() -> int:
-    """Bytes for one chunk's computation: a quarter of physical memory, at most 2 GiB."""
+    """Bytes for one chunk's computation: on accelerators three quarters of the local
+    devices' memory (as they report it); on a CPU a quarter of physical memory, at most
+    2 GiB."""
+    devices = jax.local_devices()
+    if devices and devices[0].platform != "cpu":
+        try:
+            return int(0.75 * sum(int(d.memory_stats()["bytes_limit"]) for d in devices))
+        except (TypeError, KeyError, AttributeError, RuntimeError):  # a device that reports no memory
+            pass
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX

@@ -49,6 +49,7 @@ from jax.sharding import Mesh
 
 from pcmjax import plots as study_plots
 from pcmjax._validate import check_bool, check_instance, check_int
+from pcmjax.chip.state import times_checked_before_tracing
 from pcmjax.montecarlo import _memory
 from pcmjax.montecarlo._cache import cache_dir
 from pcmjax.montecarlo._chunks import AXIS, choose_chunk, layout_chunk, make_mesh
@@ -157,7 +158,7 @@ def _compile(run: _Run, chunk_size, budget: int, vmap_width):
     if vmap_width is None and run.manifest.get("vmap_width"):
         vmap_width = int(run.manifest["vmap_width"])  # resume bit-identically
     per_chunk, batch, width = choose_chunk(run.todo.size, n_dev, per_instance, budget, chunk_size, n_local,
-                                           vmap_width)
+                                           vmap_width, backend=run.mesh.devices.flat[0].platform)
     info.update(chunk_size=per_chunk, batch=batch, vmap_width=width, bytes_per_instance_estimate=per_instance,
                 memory_budget=budget)
     if run.folder is not None and run.writer and run.manifest.get("vmap_width") != width:
@@ -167,6 +168,7 @@ def _compile(run: _Run, chunk_size, budget: int, vmap_width):
         f"budget {_memory.format_bytes(budget)}")
     per_device = device_function(study, width, run.histogram_instances)
     t0 = time.perf_counter()
+    info["compile_started_unix"] = time.time()  # start-up of a process = this − its start
     log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
     run_call = MeshExecutor(per_device, run.mesh, (data, study.device, seed, times), batch, AXIS,
                             program_key=(study.hash(), width, run.histogram_instances))
@@ -195,7 +197,8 @@ def _run_chunks(run: _Run, chunk_size, budget: int, vmap_width, quiet: bool) -> 
 
     The next chunk is dispatched before the previous one is fetched, so the devices never
     wait for the host."""
-    run_call, per_chunk, batch, width = _compile(run, chunk_size, budget, vmap_width)
+    with times_checked_before_tracing():  # the study checked its times (no callbacks in the program)
+        run_call, per_chunk, batch, width = _compile(run, chunk_size, budget, vmap_width)
     n_dev = run.mesh.devices.size
     progress = Progress(run.study.instances, len(run.done), run.shape[0] * run.shape[1], run.study.name,
                         quiet or not run.writer)
@@ -275,7 +278,7 @@ def run_study(study: Study, output="pcmjax-results", *, chunk_size: int | None =
       quiet: no progress bar or messages.
       plots: write PNG figures (needs matplotlib).
       vmap_width: instances one device evaluates at once (default: from
-        ``memory_budget``, at most ``MAX_WIDTH``).
+        ``memory_budget``, at most the backend's largest width, ``_chunks.WIDTH_LIMITS``).
       histogram_instances: the conductance histograms pool instances ``0 …`` this − 1.
 
     Returns:
