@@ -1,26 +1,32 @@
-"""Monte Carlo runner benchmark: the default study end to end, against a Python loop, and scaling.
+"""Monte Carlo runner benchmark: efficiency against the floor, start-up, and the runner at scale.
 
-1. The default study (``pcmjax study``: digits MLP on a HERMES chip, 100 instances × 6
-   times × 3 variants) end to end in a fresh process, including start-up and
-   compilation: once with an empty compilation cache (cold) and once more with the cache
-   it filled (warm). The network is trained beforehand if it is not cached yet (timed
-   separately: it happens once per machine).
-2. Vectorised runner vs a per-instance Python loop over the same jitted single-instance
-   function (compilation excluded on both sides), on the default study, on a small
-   raw-MVM study and on a tiny one (where per-instance work is so small that calls
-   dominate and evaluating instances together pays off).
-3. Scaling of compute time and memory with the number of instances (1 … 1024) and with
-   the chunk size and vmap width, on a raw-MVM study. Memory is XLA's figure for the
-   per-device program (temporaries + arguments + outputs) and the process's peak RSS.
+1. Efficiency (always): the digits MLP study (64-256-256-10, HERMES model, GDC, 100
+   instances × 5 times from 1 s to 1 year, 360 evaluation images) and the same study on a
+   digits CNN (``SmallCNN`` 16-32-64, trained once and cached). Measured in one process:
+
+   * ``eval_ms``: the runner's compute per instance × time × variant evaluation
+     (compilation excluded, no conductance histograms);
+   * ``floor_ms``: a plain jitted float forward pass of the network over the evaluation
+     examples, plus every analog layer's per-read-noise variance contraction over its used
+     rows and columns, plus one standard normal per used device (2 polarities × 2 devices
+     per weight);
+   * ``efficiency = floor_ms / eval_ms``.
+
+2. Start-up (always): ``pcmjax study`` on the MLP efficiency study in fresh processes,
+   with an empty compile cache and then with the cache it filled: ``startup_s`` (process
+   start to the study's compilation) and ``compile_s``.
+
+3. With ``--full``: the embedded default study end to end (cold and warm cache), the
+   runner against a per-instance Python loop, and scaling with instances, chunk size and
+   vmap width on a raw-MVM study.
 
 Usage:
-  python benchmarks/bench_montecarlo.py [--quick] [--skip-default] [--max-instances 1024]
+  python benchmarks/bench_montecarlo.py [--instances 100] [--full [--quick] [--max-instances 1024]]
 
-The last line printed is one JSON object with ``default_study_seconds`` (cold cache, wall
-clock), ``default_study_cpu_seconds`` (CPU time of that process: on a shared machine the
-wall clock also measures the other jobs), ``default_study_seconds_warm``, ``loop_ratio``
-(loop time / ours, default study),
-``loop_ratio_small`` / ``loop_ratio_tiny`` (the raw-MVM studies), ``evals_per_s`` and the scaling tables.
+The last line printed is one JSON object: ``floor_ms``, ``eval_ms``, ``efficiency``,
+``startup_s``, ``compile_s`` (MLP study), ``efficiency_cnn``, the per-study details
+(``studies``: widths, bytes per instance, load averages) and, with ``--full``, the
+earlier figures (``default_study_seconds``, ``loop_ratio``, ``scaling`` ...).
 """
 
 from __future__ import annotations
@@ -37,10 +43,15 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import pcmjax as pj
+from pcmjax import _random
 from pcmjax import montecarlo as mc
+from pcmjax import nn as pnn
+from pcmjax.data import load_digits
+from pcmjax.montecarlo import config as mcc
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,23 +155,206 @@ def _row(n, res) -> dict:
     return row
 
 
+# -- efficiency: study compute against its floor -------------------------------------
+TIMES5 = {"start": "1 s", "stop": "1 year", "num": 5}
+CNN_ARCH = {"kind": "small_cnn", "in_features": 1, "channels": [16, 32, 64], "num_classes": 10, "image_size": 8}
+
+
+def cnn_checkpoint(log=print) -> Path:
+    """A digits CNN (``SmallCNN``), hardware-aware trained once and cached beside the MLP."""
+    path = mc.cache_dir() / "networks" / "digits-small-cnn-16-32-64-hwa-bench-v1.npz"
+    if path.exists():
+        return path
+    ds = load_digits()
+    model = mc.build_network(CNN_ARCH, seed=0)
+    log(f"training the digits CNN (first use; cached in {path}) ...")
+    pnn.train(jax.random.key(0), model, ds.x_train.reshape(-1, 8, 8, 1), ds.y_train, mode="hwa", epochs=15,
+              batch_size=64, learning_rate=3e-3)
+    acc = pnn.accuracy(model, ds.x_test.reshape(-1, 8, 8, 1), ds.y_test, mode="digital")
+    log(f"  digital test accuracy {100 * acc:.2f} %")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mc.save_network(path, model, CNN_ARCH, dataset="digits", test_accuracy=acc)
+    return path
+
+
+def efficiency_study_dict(kind: str, instances: int = 100) -> dict:
+    """The efficiency studies: 100 instances × 5 times (1 s … 1 year), HERMES model, GDC, 360 images."""
+    workload = {"kind": "network", "eval_examples": 360}
+    if kind == "cnn":
+        workload.update(checkpoint=str(cnn_checkpoint()), dataset="digits")
+    return {"study": {"name": f"digits-{kind}-efficiency", "instances": instances, "times": TIMES5},
+            "workload": workload, "variants": {"gdc": {"drift_compensation": "global"}}}
+
+
+def floor_function(workload: mc.NetworkWorkload, num_devices: int):
+    """The floor of one evaluation: the network's float forward pass over the evaluation
+    examples, the per-read-noise variance contraction of every analog layer's used rows and
+    columns (``q² @ σ²`` over the layer's MVMs), and one standard normal per used device
+    (``2 polarities × num_devices`` per weight: what ageing the used devices draws).
+
+    Returns:
+      ``(jitted floor(x, qs, vs, key), its arguments, used devices)``.
+    """
+    data = workload.data()
+    dep = workload._deployed().replace(params=data["params"])
+    x = data["x"]
+    mvms = pnn.layer_mvms(workload.model, dep.layout, x.shape[1:])
+    rng = np.random.default_rng(0)
+    qs, vs = [], []
+    for lp in dep.layout.layers:
+        rows, cols = lp.shape
+        qs.append(jnp.asarray(rng.uniform(-1, 1, (int(round(mvms[lp.name] * x.shape[0])), rows)), jnp.float32))
+        vs.append(jnp.asarray(rng.uniform(0, 1e-4, (rows, cols)), jnp.float32))
+    used = 2 * num_devices * sum(lp.shape[0] * lp.shape[1] for lp in dep.layout.layers)
+
+    @jax.jit
+    def floor(x, qs, vs, key):
+        y = dep.reference(x)  # the float network (analog layers computed digitally)
+        var = sum(jnp.sum((q * q) @ v) for q, v in zip(qs, vs))
+        return y, var + jnp.sum(_random.normal(key, (used,)))
+
+    return floor, (x, tuple(qs), tuple(vs), jax.random.key(0)), used
+
+
+def _best_ms(fn, args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
+def efficiency(kind: str, instances: int, repeats: int = 20) -> dict:
+    """``floor_ms``, ``eval_ms`` and their ratio for one study, measured in this process.
+
+    ``eval_ms`` is the runner's compute time (compilation excluded, no conductance
+    histograms) per instance × time × variant; the floor is timed right after (best of
+    ``repeats``), so both see the same load."""
+    sc = mcc.study_from_dict(efficiency_study_dict(kind, instances))
+    study = sc.study
+    load0 = os.getloadavg()[0]
+    res = mc.run_study(study, None, quiet=True, plots=False, histogram_instances=0)
+    info = res.run_info
+    evals = study.instances * len(study.times) * len(study.variants)
+    eval_ms = info["compute_s"] / evals * 1e3
+    floor, args, used = floor_function(study.workload, int(study.device.num_devices))
+    floor_ms = _best_ms(floor, args, repeats)
+    out = {"study": kind, "instances": study.instances, "times": len(study.times), "variants": len(study.variants),
+           "eval_examples": int(study.workload.x_eval.shape[0]), "used_devices": used,
+           "floor_ms": round(floor_ms, 3), "eval_ms": round(eval_ms, 3), "efficiency": round(floor_ms / eval_ms, 3),
+           "compile_s": round(info["compile_s"], 2), "vmap_width": info["vmap_width"],
+           "chunk_size": info["chunk_size"], "bytes_per_instance": info["bytes_per_instance_estimate"],
+           "xla_bytes_per_device": info.get("xla_memory_per_device", {}).get("total"),
+           "load_average": round((load0 + os.getloadavg()[0]) / 2, 2)}
+    return out
+
+
+def startup(kind: str, tmp: Path) -> dict:
+    """``pcmjax study`` on the efficiency study in fresh processes: start-up (process start to
+    the study's compilation) and compile time, with an empty and then a warm compile cache."""
+    cache = tmp / f"cache-{kind}"
+    (cache / "networks").mkdir(parents=True, exist_ok=True)
+    if kind == "mlp":
+        _, ckpt = mc.default_network(log=None)
+        shutil.copy(ckpt, cache / "networks" / ckpt.name)
+    spec = efficiency_study_dict(kind)
+    (tmp / f"{kind}.toml").write_text(_toml(spec))
+    env = dict(os.environ, PCMJAX_CACHE=str(cache))
+    out = {}
+    for label in ("cold", "warm"):
+        folder = tmp / f"results-{kind}-{label}"
+        load = os.getloadavg()[0]
+        t_launch = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "pcmjax.cli", "study", "--config", str(tmp / f"{kind}.toml"),
+                               "-o", str(folder), "--quiet", "--no-plots"], env=env, cwd=tmp, capture_output=True,
+                              text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"pcmjax study failed:\n{proc.stderr[-3000:]}")
+        info = json.loads((folder / "run.json").read_text())
+        s = info["compile_started_unix"] - t_launch
+        out[label] = {"startup_s": round(s, 2), "compile_s": round(info["compile_s"], 2),
+                      "startup_plus_compile_s": round(s + info["compile_s"], 2), "seconds": round(wall, 2),
+                      "compute_s": round(info["compute_s"], 2), "load_average": round(load, 2)}
+    return out
+
+
+def _toml(d: dict) -> str:
+    """A study dict as TOML (the subset the efficiency studies use)."""
+    def val(v):
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    lines = []
+    for section, body in d.items():
+        tables = {k: v for k, v in body.items() if section == "variants"}
+        if tables:
+            for name, t in tables.items():
+                lines += [f"[{section}.{name}]", *(f"{k} = {val(v)}" for k, v in t.items())]
+            continue
+        lines += [f"[{section}]", *(f"{k} = {val(v)}" for k, v in body.items())]
+    return "\n".join(lines) + "\n"
+
+
+def efficiency_table(rows: list[dict]) -> None:
+    print(f"\n{'study':<6}{'floor ms':>10}{'eval ms':>10}{'efficiency':>12}{'startup s':>11}{'compile s':>11}"
+          f"{'warm s':>8}{'MiB/inst':>10}{'load':>7}")
+    for r in rows:
+        st = r.get("startup", {})
+        cold, warm = st.get("cold", {}), st.get("warm", {})
+        print(f"{r['study']:<6}{r['floor_ms']:>10.2f}{r['eval_ms']:>10.2f}{r['efficiency']:>12.2f}"
+              f"{cold.get('startup_s', float('nan')):>11.2f}{cold.get('compile_s', float('nan')):>11.2f}"
+              f"{warm.get('startup_plus_compile_s', float('nan')):>8.2f}{r['bytes_per_instance'] / 2**20:>10.1f}"
+              f"{r['load_average']:>7.1f}", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer instances in the loop comparison and scaling")
-    p.add_argument("--skip-default", action="store_true", help="skip the end-to-end default study")
+    p.add_argument("--instances", type=int, default=100, help="instances of the efficiency studies")
+    p.add_argument("--skip-startup", action="store_true", help="skip the start-up measurement")
+    p.add_argument("--skip-cnn", action="store_true", help="skip the digits-CNN efficiency study")
+    p.add_argument("--full", action="store_true", help="also the default study end to end, loop ratios, scaling")
+    p.add_argument("--quick", action="store_true", help="with --full: fewer instances in the loop and scaling")
     p.add_argument("--max-instances", type=int, default=1024)
     args = p.parse_args(argv)
     print(f"backend {jax.default_backend()}, {len(jax.devices())} device(s), {os.cpu_count()} CPU(s), "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     mc.enable_compilation_cache(Path(tempfile.mkdtemp(prefix="pcmjax-bench-xla-")))
-    result = {}
+    result, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="pcmjax-bench-") as tmp:
-        if not args.skip_default:
-            e2e = default_study_end_to_end(Path(tmp))
-            result.update(default_study_seconds=e2e["cold"]["seconds"],
-                          default_study_cpu_seconds=e2e["cold"]["cpu_seconds"],
-                          default_study_seconds_warm=e2e["warm"]["seconds"], evals_per_s=e2e["cold"]["evals_per_s"],
-                          default_study=e2e)
+        for kind in ("mlp",) if args.skip_cnn else ("mlp", "cnn"):
+            row = efficiency(kind, args.instances)
+            if kind == "mlp" and not args.skip_startup:
+                row["startup"] = startup(kind, Path(tmp))
+            rows.append(row)
+        efficiency_table(rows)
+        mlp = rows[0]
+        result.update(floor_ms=mlp["floor_ms"], eval_ms=mlp["eval_ms"], efficiency=mlp["efficiency"])
+        if "startup" in mlp:
+            cold, warm = mlp["startup"]["cold"], mlp["startup"]["warm"]
+            result.update(startup_s=cold["startup_s"], compile_s=cold["compile_s"],
+                          startup_plus_compile_s=cold["startup_plus_compile_s"],
+                          warm_startup_plus_compile_s=warm["startup_plus_compile_s"])
+        if len(rows) > 1:
+            result["efficiency_cnn"] = rows[1]["efficiency"]
+        result["studies"] = rows
+        if args.full:
+            full(args, Path(tmp), result)
+    result.update(backend=jax.default_backend(), devices=len(jax.devices()), cpus=os.cpu_count(),
+                  load_average=round(os.getloadavg()[0], 2))
+    print(json.dumps(result))
+
+
+def full(args, tmp: Path, result: dict) -> None:
+    """The embedded default study end to end, loop ratios and scaling (``--full``)."""
+    e2e = default_study_end_to_end(tmp)
+    result.update(default_study_seconds=e2e["cold"]["seconds"], default_study_cpu_seconds=e2e["cold"]["cpu_seconds"],
+                  default_study_seconds_warm=e2e["warm"]["seconds"], evals_per_s=e2e["cold"]["evals_per_s"],
+                  default_study=e2e)
     sc = mc.default_study({"instances": 8 if args.quick else 24})
     d = loop_ratio(sc.study, "default study, loop comparison")
     s = loop_ratio(small_study(64 if args.quick else 256), "small raw-MVM study (2 cores of 64×64), loop comparison")
@@ -168,12 +362,7 @@ def main(argv=None):
                    "tiny raw-MVM study (2 cores of 8×8), loop comparison")
     result.update(loop_ratio=d["ratio"], loop_ratio_small=s["ratio"], loop_ratio_tiny=t["ratio"], loop_default=d,
                   loop_small=s, loop_tiny=t)
-    result.setdefault("evals_per_s", d["evals_per_s"])
     result["scaling"] = scaling(min(args.max_instances, 256 if args.quick else args.max_instances))
-    result.update(backend=jax.default_backend(), devices=len(jax.devices()), cpus=os.cpu_count(),
-                  load_average=round(os.getloadavg()[0], 2))
-    print(json.dumps(result))
-
 
 if __name__ == "__main__":
     main()
