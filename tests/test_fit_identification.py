@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from pcmjax.devices import PCMLike, StateIndependent, save
+from pcmjax.devices import Flexible, PCMLike, StateIndependent, save
 from pcmjax.fit import _params, cli_main, fit_device_model, simulate_measurements
 from pcmjax.fit._derived import _split, folded_mean
 
@@ -111,8 +111,12 @@ def _at_least_90(hits, n):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,base,n_sets", [("state_independent", StateIndependent(), 5),
-                                                ("pcm_like", PCMLike(1), 4)])
+@pytest.mark.parametrize("family,base,n_sets", [
+    ("state_independent", StateIndependent(), 5),
+    ("pcm_like", PCMLike(1), 4),
+    ("flexible", Flexible(1, g_max=25.0, prog_coeffs=[0.3, 2.0, -1.0, 0.2], mu_nu=[0.09, -0.05, 0.01, 0.0],
+                          sigma_nu=[0.03, -0.01, 0.0, 0.0], q_s_law=[0.03, -0.02, 0.01, 0.0]), 4),
+])
 def test_coverage_over_perturbed_parameters(family, base, n_sets):
     # The criterion of benchmarks/bench_fit.py (30 sets of 400 devices) at a CI scale: 30
     # devices on each of 8 levels, every entry of the published law perturbed by 15 %.
