@@ -49,8 +49,8 @@ gdp_configs = st.builds(
 )
 program_configs = st.builds(
     ProgramConfig, method=st.sampled_from(PROGRAM_METHODS), iterations=st.integers(1, 1000),
-    tolerance=floats(0.0, 1.0, lo_open=True), step=floats(0.0, 2.0, lo_open=True), step_noise=floats(0.0, 2.0),
-    verify_read_noise=floats(0.0, 1.0), set_spread=floats(0.0, 0.5), gdp=gdp_configs,
+    tolerance_counts=floats(0.0, 100.0, lo_open=True), step=floats(0.0, 2.0, lo_open=True),
+    pulse_spread=floats(0.0, 1.0), relax_fraction=floats(0.0, 1.0), set_spread=floats(0.0, 0.5), gdp=gdp_configs,
 )
 pwm_configs = st.builds(PWMConfig, enabled=st.booleans(), bits=st.integers(2, 16))
 
@@ -169,7 +169,7 @@ INVALID = {
     "gdc_input": floats(1.0, 10.0, lo_open=True) | floats(-1.0, 0.0) | _not_number,
     "program.method": st.text(max_size=6).filter(lambda s: s not in PROGRAM_METHODS),
     "program.iterations": st.integers(max_value=0) | st.integers(min_value=1001) | _not_int,
-    "program.tolerance": floats(-1.0, 0.0) | floats(1.0, 5.0, lo_open=True),
+    "program.tolerance_counts": floats(-1.0, 0.0),
     "program.gdp.steps": st.integers(max_value=-1) | _not_int,
     "program.gdp.samples": st.integers(max_value=0) | st.integers(min_value=1025),
     "program.gdp.write": st.text(max_size=6).filter(lambda s: s not in WRITE_METHODS),

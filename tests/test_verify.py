@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pcmjax.chip import program_chip
 from pcmjax.chip.verify import program_verify
 from pcmjax.config import ChipConfig, ProgramConfig
 from pcmjax.devices import HermesPCM
@@ -168,3 +169,22 @@ def test_calibrated_parameters_are_traceable():
         return jnp.std(program_verify(jax.random.key(9), g_t, dev, types.SimpleNamespace(program=p)))
 
     assert float(jax.jit(sd)(0.3)) > float(jax.jit(sd)(0.0))
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_program_chip_with_verify_has_the_fitted_spread(n):
+    """Drop-in for the fitted one-shot model: a chip programmed with ``method="verify"`` has,
+    over its mapped targets, the rms error of the HERMES-fitted law (within 10 %; 16,384
+    programmed polarities, so 5 standard errors of an rms are about 3 %)."""
+    g_max, _ = HERMES[n]
+    w = np.random.default_rng(10).uniform(-1.0, 1.0, (1, 128, 128)).astype(np.float32)
+    cfg = ChipConfig(n_cores=1, rows=128, cols=128).only("programming_noise").set("program.method", "verify")
+    state = jax.jit(program_chip, static_argnames="cfg")(jax.random.key(11), jnp.asarray(w), cfg=cfg,
+                                                         device=HermesPCM(num_devices=n))
+    g_t, g_p = np.asarray(state.g_target, np.float64), np.asarray(state.g_prog, np.float64)
+    act = g_t > 0
+    assert act.sum() >= 16_000
+    rms = np.sqrt(np.mean((g_p - g_t)[act] ** 2))
+    rms_fit = np.sqrt(np.mean(_fitted_sigma(n, g_t[act] / g_max) ** 2))
+    assert abs(rms / rms_fit - 1.0) < 0.10, rms / rms_fit
+    assert np.all(g_p[~act] < Z * HERMES[n][1][0])  # the other polarity stays RESET

@@ -102,10 +102,6 @@ class ProgramConfig:
     set_level: float = 1.3
     set_spread: float = 0.1
     gdp: GDPConfig = GDPConfig()
-    # Legacy program-and-verify (pcmjax.chip.program until it moves to pcmjax.chip.verify).
-    tolerance: float = 0.02
-    step_noise: float = 0.3
-    verify_read_noise: float = 0.005
 
     def __post_init__(self):
         check_choice("program.method", self.method, PROGRAM_METHODS)
@@ -121,9 +117,6 @@ class ProgramConfig:
         check_float("program.set_relax_fraction", self.set_relax_fraction, 0.0, 1.0)
         check_float("program.set_level", self.set_level, 0.5, 5.0)
         check_float("program.set_spread", self.set_spread, 0.0, 0.5)
-        check_float("program.tolerance", self.tolerance, 0.0, 1.0, lo_open=True)
-        check_float("program.step_noise", self.step_noise, 0.0, 2.0)
-        check_float("program.verify_read_noise", self.verify_read_noise, 0.0, 1.0)
         if isinstance(self.gdp, dict):  # from to_dict() / TOML
             object.__setattr__(self, "gdp", GDPConfig(**self.gdp))
         check_instance("program.gdp", self.gdp, GDPConfig)
