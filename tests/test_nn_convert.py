@@ -169,3 +169,22 @@ def test_converted_cnn_on_the_ideal_chip_equals_the_original():
     y = dep.apply(dep.state, dep.calibration, jax.random.key(4), x)
     np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(ref))))
 
+
+
+def test_deploying_a_layer_without_an_input_range_is_an_error_naming_it():
+    model = CNN(nnx.Rngs(0))
+    analog = pnn.convert(model, exclude="conv1")
+    with pytest.raises(ValueError, match=r"input range.*conv2.*head.*measure_input_ranges"):
+        pnn.deploy(analog, jax.random.key(0), pj.ChipConfig.ideal(n_cores=4))
+    pnn.measure_input_ranges(analog, jnp.ones((2, 8, 8, 1)))
+    assert pnn.deploy(analog, jax.random.key(0), pj.ChipConfig.ideal(n_cores=4)).layout.n_tiles == 2
+
+
+def test_hwa_training_needs_analog_layers():
+    model = CNN(nnx.Rngs(0))
+    x, y = jnp.ones((4, 8, 8, 1)), jnp.arange(4) % 3
+    with pytest.raises(ValueError, match=r"mode='hwa'.*no analog layers.*pcmjax.nn.convert"):
+        pnn.train(jax.random.key(0), model, x, y, mode="hwa", epochs=1)
+    analog = pnn.convert(model, data=x)
+    hist = pnn.train(jax.random.key(0), analog, x, y, mode="hwa", epochs=2, batch_size=4)
+    assert np.isfinite(hist["loss"]).all() and analog.head.mode == "hwa"

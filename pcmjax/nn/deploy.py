@@ -303,6 +303,16 @@ def inference_view(model):
     return view
 
 
+def _check_input_ranges(model, layout: Layout):
+    """A converted layer must have a measured input range: the PWM encodes ``x / range``."""
+    missing = [lp.name for lp, (_, layer) in zip(layout.layers, analog_layers(model))
+               if getattr(layer, "require_input_range", False) and float(layer.input_scale[...]) <= 0]
+    if missing:
+        raise ValueError(f"no input range was measured for the analog layers {missing}, so their inputs cannot be "
+                         "encoded; convert with pcmjax.nn.convert(model, data=x) or call "
+                         "pcmjax.nn.measure_input_ranges(model, x) before deploying.")
+
+
 def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
            device: DeviceModel | None = None, program: bool = True) -> DeployedModel:
     """Place every analog layer of ``model`` on chip cores and program them.
@@ -324,7 +334,8 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
 
     Raises:
       ValueError: the network needs more cores than ``n_chips · config.n_cores`` (the
-        message names the cores needed).
+        message names the cores needed), or a layer made by :func:`pcmjax.nn.convert`
+        has no measured input range (the message names the layers).
     """
     config = ChipConfig() if config is None else config
     device = HermesPCM(num_devices=2) if device is None else device
@@ -332,6 +343,7 @@ def deploy(model, key, config: ChipConfig | None = None, *, n_chips: int = 1,
     if program or key is not None:
         check_key(key)
     layout = plan(model, config, n_chips)
+    _check_input_ranges(model, layout)
     chip_model = inference_view(model)
     ref_model = nnx.clone(chip_model)
     for _, layer in analog_layers(chip_model):

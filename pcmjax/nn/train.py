@@ -13,7 +13,7 @@ from flax import nnx
 
 from pcmjax._validate import check_choice, check_float, check_instance, check_int, check_key
 from pcmjax.config.hwa import HWAConfig
-from pcmjax.nn.layers import Mode, clip_weights, set_mode
+from pcmjax.nn.layers import Mode, analog_layers, clip_weights, set_mode
 
 TrainMode = Literal["digital", "hwa"]
 TRAIN_MODES = get_args(TrainMode)
@@ -48,7 +48,9 @@ def train(key, model, x, y, *, mode: TrainMode | None = None, hwa: HWAConfig | N
       model: an ``nnx.Module`` returning logits.
       x, y: training inputs ``[N, ...]`` and integer labels ``[N]`` (NumPy or JAX).
       mode: if given, the mode of every analog layer during training (``"digital"`` or
-        ``"hwa"``); it stays set afterwards.
+        ``"hwa"``); it stays set afterwards. ``"hwa"`` needs analog layers (a plain
+        Flax model: :func:`pcmjax.nn.convert` it first). Layers whose input range was
+        never measured measure it on the training batches (a running estimate).
       hwa: with ``mode="hwa"``, the :class:`HWAConfig` of every layer (default: each
         layer's own).
       epochs, batch_size: passes over the data and examples per step (the last partial
@@ -69,7 +71,11 @@ def train(key, model, x, y, *, mode: TrainMode | None = None, hwa: HWAConfig | N
     if hwa is not None:
         check_instance("hwa", hwa, HWAConfig)
     if mode is not None:
-        set_mode(model, check_choice("mode", mode, TRAIN_MODES), hwa=hwa)
+        check_choice("mode", mode, TRAIN_MODES)
+        if mode == "hwa" and not analog_layers(model):
+            raise ValueError("mode='hwa' trains analog layers, but the model has no analog layers; make them with "
+                             "pcmjax.nn.convert(model, data=x) first (or train digitally with mode=None).")
+        set_mode(model, mode, hwa=hwa)
     check_int("epochs", epochs, 1)
     check_int("batch_size", batch_size, 1)
     check_float("learning_rate", learning_rate, 0.0, lo_open=True)
