@@ -198,7 +198,7 @@ def _parser():
 
 
 def _smoke(args):
-    args.embed, args.hidden, args.steps, args.hwa_steps = 16, 32, 60, 20
+    args.embed, args.hidden, args.steps, args.hwa_steps, args.lr = 16, 32, 400, 20, 1e-2
     args.batch, args.length, args.eval_sequences, args.eval_length = 16, 32, 8, 32
     args.instances, args.times = 1, 2
 

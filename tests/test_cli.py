@@ -329,3 +329,36 @@ def test_info_network_bad_input(tmp_path, capsys):
         assert err.startswith("pcmjax info: error: "), err
         for n in needles:
             assert n in err, (argv, n, err)
+
+
+def test_print_config_is_the_default_study_and_lists_every_key(capsys):
+    """``pcmjax study --print-config``: valid TOML whose active lines are the embedded default
+    study, with every study-file key (the parser's own key lists and every ChipConfig
+    option) written out."""
+    import dataclasses
+    import tomllib
+
+    import pcmjax as pj
+    from pcmjax.montecarlo import config
+
+    assert cli.main(["study", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    parsed = tomllib.loads(text)
+    assert config.parse_times(parsed["study"]["times"]) == config.DEFAULT_TIMES
+    assert parsed["study"]["instances"] == config.DEFAULT_INSTANCES
+    assert config.build_variants(parsed["variants"]) == mc_default_variants()
+    assert pj.devices.to_dict(config.build_device(parsed["device"])) == pj.devices.to_dict(
+        pj.devices.HermesPCM(num_devices=2))
+    assert pj.ChipConfig.from_dict(parsed["chip"]) == pj.ChipConfig()
+    keys = (*config.STUDY_KEYS, *config.RUN_KEYS, *config.NETWORK_KEYS, *config.MVM_KEYS, "preset", "file",
+            *(f.name for f in dataclasses.fields(pj.ChipConfig)))
+    missing = [k for k in keys if f"{k} =" not in text and f"[chip.{k}]" not in text]
+    assert not missing, missing
+    for section, value in pj.ChipConfig().to_dict().items():
+        if isinstance(value, dict):
+            assert all(f"# {k} =" in text or f"# [chip.{section}.{k}]" in text for k in value), section
+
+
+def mc_default_variants():
+    from pcmjax.montecarlo import DEFAULT_VARIANTS
+    return DEFAULT_VARIANTS

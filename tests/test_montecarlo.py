@@ -566,3 +566,28 @@ def test_distributed_options_are_checked(capsys):
     assert cli.main(["study", "--distributed", "--coordinator", "h:1", "--num-processes", "2",
                      "--process-id", "2"]) == 2
     assert "--process-id must be an integer in 0..1, got 2." in capsys.readouterr().err
+
+
+def test_lstsq_calibration_gain_is_unbiased_under_read_noise():
+    """The per-column correction of ``calibration = "lstsq"`` inverts the chip's gain and
+    offset (``y = a·ref + b + noise`` → ``γ = 1/a``, ``β = −b/a``) without the shrinkage
+    ``var(ref) / var(y)`` a regression of ``ref`` on the noisy ``y`` has; tolerance: 5
+    standard errors of the slope of ``n`` samples."""
+    from pcmjax.montecarlo.network import _chip_gain
+
+    n, cols = 4000, 3
+    k1, k2 = jax.random.split(jax.random.key(7))
+    ref = jax.random.normal(k1, (n, cols))
+    a, b, noise = jnp.asarray([0.8, 1.0, 1.25]), jnp.asarray([0.3, -0.1, 0.0]), 0.7
+    y = a * ref + b + noise * jax.random.normal(k2, (n, cols))
+    gamma, beta = _chip_gain(y, ref)
+    se_a = noise / np.sqrt(n)  # standard error of the fitted slope (unit-variance ref)
+    assert np.all(np.abs(np.asarray(gamma) - 1 / np.asarray(a)) < 5 * se_a / np.asarray(a) ** 2), gamma
+    np.testing.assert_allclose(np.asarray(beta), -np.asarray(b / a), atol=5 * (noise / np.sqrt(n)) / 0.8 + 0.02)
+    shrunk = np.asarray(a) / (np.asarray(a) ** 2 + noise**2)  # ref-on-y slope: what the correction avoids
+    assert np.all(np.abs(np.asarray(gamma) - shrunk) > 10 * se_a)
+    # A column that does not respond keeps its gain and loses its offset.
+    flat = jnp.full((n, 1), 2.0) + 0.01 * jax.random.normal(k2, (n, 1))
+    g0, b0 = _chip_gain(flat, ref[:, :1])
+    offset = float(jnp.mean(flat) - jnp.mean(ref[:, 0]))
+    assert float(g0[0]) == 1.0 and float(b0[0]) == pytest.approx(-offset, abs=1e-5)

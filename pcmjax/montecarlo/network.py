@@ -14,8 +14,9 @@ accumulated through the preceding layers, as the network experiences them.
 Calibration (variants with ``calibrate = true``) sets the digital units' per-column
 ``γ'``, ``β'`` of each layer at time ``t`` from a small unlabelled calibration set:
 
-* ``"lstsq"`` (default): layer after layer, a per-column least-squares fit of the
-  chip's layer output to the digital one, each layer seeing the already calibrated
+* ``"lstsq"`` (default): layer after layer in the order the forward pass calls them, a
+  per-column least-squares fit of the chip's layer output as an affine function of the
+  digital one (inverted to correct it), each layer seeing the already calibrated
   earlier layers. Closed form, a few forward passes: cheap enough for thousands of
   instances.
 * ``"gradient"``: :func:`pcmjax.nn.make_calibrator` (Adam through the simulated chip,
@@ -42,6 +43,7 @@ from pcmjax.config import ChipConfig
 from pcmjax.montecarlo.checkpoints import array_fingerprint, load_network, params_fingerprint
 from pcmjax.montecarlo.datasets import load_dataset
 from pcmjax.montecarlo.workloads import Workload, fit_column_affine, relative_error, state_conductances
+from pcmjax.nn import _context
 from pcmjax.nn.recurrent import CELLS
 
 CALIBRATION_METHODS = ("lstsq", "gradient")
@@ -57,6 +59,40 @@ class _NextToken(nnx.Module):
 
     def __call__(self, x):
         return getattr(self, _LM)(jnp.asarray(x).astype(jnp.int32))
+
+
+def _call_order(dep, x) -> tuple[int, ...]:
+    """The analog layers' ``chip_index`` in the order the forward pass first calls them
+    (traced abstractly; the model's attribute order need not be the data flow, e.g. an
+    output layer ``out`` listed before the ``rnn`` that feeds it)."""
+    outputs: dict = {}  # insertion order = first call
+
+    def forward(params, x):
+        with _context.use(_context.ChipContext(layout=dep.layout, outputs=outputs)):
+            return nnx.merge(dep.ref_graphdef, params)(x)
+
+    jax.eval_shape(forward, dep.params, jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32))
+    order = [int(i) for i in outputs]
+    return tuple(order + [i for i in range(len(dep.layout.layers)) if i not in order])
+
+
+def _chip_gain(y, ref):
+    """Per-column ``(γ, β)`` with ``γ y + β ≈ ref`` for chip outputs ``y`` ``[samples, cols]``.
+
+    The chip's output is modelled as ``y = a · ref + b + noise`` (gain and offset errors
+    plus read noise and errors passed on from earlier layers, which ``ref``, the digital
+    network, does not have), fitted by least squares of ``y`` on the noise-free ``ref``,
+    then inverted: ``γ = 1/a``, ``β = −b/a``. Regressing ``ref`` on the noisy ``y``
+    instead would shrink every column towards its mean by ``var(ref) / var(y)``
+    (errors in the regressor), which hurts most where the noise is largest.
+    A column whose gain cannot be resolved (``a ≤ 0.05``) only has its offset removed.
+    """
+    a, b = fit_column_affine(ref, y, axis=0)
+    a, b = a[0], b[0]
+    ok = a > 0.05
+    gamma = jnp.where(ok, 1.0 / jnp.where(ok, a, 1.0), 1.0)
+    beta = jnp.where(ok, -b * gamma, -(jnp.mean(y, axis=0) - jnp.mean(ref, axis=0)))
+    return gamma, beta
 
 
 def _column_bias(layer, cols: int):
@@ -173,6 +209,7 @@ class NetworkWorkload(Workload):
             ref = {i: r.reshape(n_all, -1)[:n_eval] for i, r in ref_all.items()}
             ref_cal = {i: r.reshape(n_all, -1)[n_eval:] for i, r in ref_all.items()}
             n = len(dep.layout.layers)
+            self._order = _call_order(dep, self.x_cal)
             biases = [_column_bias(layer, lp.shape[1])  # chip_index order
                       for (_, layer), lp in zip(pnn.analog_layers(self.model), dep.layout.layers)]
             self._data = {"params": dep.params, "weights": dep.weights, "x": jnp.asarray(self.x_eval),
@@ -191,13 +228,13 @@ class NetworkWorkload(Workload):
     def _lstsq(self, key, dep, state, data):
         cal = pnn.identity_calibration(dep.layout)
         gammas, betas = list(cal["gamma"]), list(cal["beta"])
-        for i in range(len(dep.layout.layers)):
+        for i in self._order:  # data-flow order: each layer sees the calibrated layers before it
             _, outs = dep.apply(state, dict(cal, gamma=tuple(gammas), beta=tuple(betas)),
                                 jax.random.fold_in(key, i), data["x_cal"], record=True)
             cols = dep.layout.layers[i].shape[1]  # a LinearGeneral's output may have several feature axes
-            a, c = fit_column_affine(outs[i].reshape(-1, cols), data["ref_cal"][i].reshape(-1, cols), axis=0)
-            gammas[i] = a[0]
-            betas[i] = c[0] + (a[0] - 1.0) * data["bias"][i]
+            a, c = _chip_gain(outs[i].reshape(-1, cols), data["ref_cal"][i].reshape(-1, cols))
+            gammas[i] = a
+            betas[i] = c + (a - 1.0) * data["bias"][i]
         return dict(cal, gamma=tuple(gammas), beta=tuple(betas))
 
     def _gradient(self, key, dep, state):
