@@ -174,6 +174,11 @@ def bits_per_char(model, x) -> float:
 
 
 # -- the pipeline -----------------------------------------------------------------------------
+def _toml_times(text: str) -> str:
+    """``"1 s,1 day"`` as a TOML list of time strings."""
+    return "[" + ", ".join(f'"{t.strip()}"' for t in text.split(",") if t.strip()) + "]"
+
+
 def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text", help="a plain-text file (default: the King James Bible of Debian's bible-kjv)")
@@ -188,7 +193,7 @@ def _parser():
     p.add_argument("--eval-sequences", type=int, default=32)
     p.add_argument("--eval-length", type=int, default=128)
     p.add_argument("--instances", type=int, default=20)
-    p.add_argument("--times", type=int, default=6, help="log-spaced times from 1 s to 1 year")
+    p.add_argument("--times", default="1 s,1 h,1 day,1 month,1 year", help="times after programming, comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="train again even if the checkpoint exists")
     p.add_argument("--train-only", action="store_true", help="stop after training (no chip study)")
@@ -200,7 +205,7 @@ def _parser():
 def _smoke(args):
     args.embed, args.hidden, args.steps, args.hwa_steps, args.lr = 16, 32, 400, 20, 1e-2
     args.batch, args.length, args.eval_sequences, args.eval_length = 16, 32, 8, 32
-    args.instances, args.times = 1, 2
+    args.instances, args.times = 1, "1 s,1 year"
 
 
 def train_checkpoint(args, key, train, valid, path: Path, log=print) -> dict:
@@ -243,7 +248,7 @@ STUDY_TOML = """\
 name = "char-lstm"
 instances = {instances}
 seed = 0
-times = {{ start = "1 s", stop = "1 year", num = {times} }}
+times = {times}
 output = "{output}"
 
 [workload]
@@ -290,7 +295,7 @@ def main(argv=None) -> int:
     n_cal = max(4, args.eval_sequences // 2)
     np.savez(out / "test.npz", x=sequences(test, args.eval_sequences, args.eval_length + 1),
              x_cal=sequences(train, n_cal, args.eval_length + 1))
-    toml = STUDY_TOML.format(instances=args.instances, times=args.times, output=out / "study",
+    toml = STUDY_TOML.format(instances=args.instances, times=_toml_times(args.times), output=out / "study",
                              factory=HERE / "char_lstm.py:char_lstm", embed=args.embed, hidden=args.hidden,
                              seed=args.seed, n_cal=n_cal, extra=SMOKE_EXTRA if args.smoke else "")
     (out / "study.toml").write_text(toml)

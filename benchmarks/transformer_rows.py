@@ -88,7 +88,7 @@ STUDY_TOML = """\
 name = "row-transformer"
 instances = {instances}
 seed = 0
-times = {{ start = "1 s", stop = "1 year", num = {times} }}
+times = {times}
 output = "{output}"
 
 [workload]
@@ -116,6 +116,11 @@ calibrate = true
 """
 
 
+def _toml_times(text: str) -> str:
+    """``"1 s,1 day"`` as a TOML list of time strings."""
+    return "[" + ", ".join(f'"{t.strip()}"' for t in text.split(",") if t.strip()) + "]"
+
+
 def _parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="transformer_rows_results")
@@ -126,7 +131,7 @@ def _parser():
     p.add_argument("--epochs", type=int, default=60, help="digital training epochs")
     p.add_argument("--hwa-epochs", type=int, default=20, help="hardware-aware fine-tuning epochs")
     p.add_argument("--instances", type=int, default=20)
-    p.add_argument("--times", type=int, default=6, help="log-spaced times from 1 s to 1 year")
+    p.add_argument("--times", default="1 s,1 h,1 day,1 month,1 year", help="times after programming, comma-separated")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true")
     p.add_argument("--smoke", "--quick", action="store_true", help="tiny model, few epochs, 2 instances")
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.smoke:
         args.d, args.heads, args.mlp, args.depth, args.epochs, args.hwa_epochs = 16, 2, 32, 1, 3, 1
-        args.instances, args.times = 1, 2
+        args.instances, args.times = 1, "1 s,1 year"
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     ds = load_digits()
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
         print(f"float {100 * acc_float:.2f} %, after HWA {100 * acc_hwa:.2f} % (digital); "
               f"{len(layers)} analog layers; trained in {h1['seconds'] + h2['seconds']:.0f} s", flush=True)
     np.savez(out / "digits_rows.npz", x=ds.x_test, y=ds.y_test, x_cal=ds.x_train[:256])
-    toml = STUDY_TOML.format(instances=args.instances, times=args.times, output=out / "study",
+    toml = STUDY_TOML.format(instances=args.instances, times=_toml_times(args.times), output=out / "study",
                              factory=HERE / "transformer_rows.py:row_transformer", n_cal=32 if args.smoke else 256,
                              extra=SMOKE_EXTRA if args.smoke else "", **factory_args)
     (out / "study.toml").write_text(toml)

@@ -118,8 +118,8 @@ def test_help_imports_no_simulator():
     import sys
 
     code = ("import sys\nfrom pcmjax import cli\ntry:\n    cli.main(['study', '--help'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0\nheavy = [m for m in ('pcmjax.cli._study', 'pcmjax.montecarlo', 'pcmjax.nn', 'optax')"
-            " if m in sys.modules]\nassert not heavy, heavy\n")
+            "    assert e.code == 0\nheavy = [m for m in ('pcmjax.cli._study', 'pcmjax.montecarlo', 'pcmjax.nn',"
+            " 'optax') if m in sys.modules]\nassert not heavy, heavy\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--instances" in proc.stdout and "--distributed" in proc.stdout
@@ -336,6 +336,7 @@ def test_print_config_is_the_default_study_and_lists_every_key(capsys):
     study, with every study-file key (the parser's own key lists and every ChipConfig
     option) written out."""
     import dataclasses
+
     import tomllib
 
     import pcmjax as pj

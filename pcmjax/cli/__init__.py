@@ -18,8 +18,9 @@ cached in ``$PCMJAX_CACHE/xla`` (default ``~/.cache/pcmjax/xla``), so a second r
 the same study (for instance after an interruption) skips most of the compilation.
 
 One module per subcommand (``_study``, ``_results``, ``_info`` with ``_network_info``,
-``_fit``, ``_template`` for ``study --print-config``), each ``run(args) -> exit status``; :mod:`pcmjax.cli._cli` holds the argument
-parser and imports a subcommand's module only when it runs.
+``_fit``, ``_template`` for ``study --print-config``), each ``run(args) -> exit status``;
+:mod:`pcmjax.cli._cli` holds the argument parser and imports a subcommand's module only
+when it runs.
 """
 
 from pcmjax.cli._cli import main

@@ -14,7 +14,10 @@ A study file (``pcmjax study --config study.toml``)::
     [workload]
     kind = "network"            # "network" or "mvm"
     checkpoint = "default"      # a pcmjax network checkpoint (.npz), or the cached digits MLP
-    dataset = "digits"          # or "cifar10" with data_dir = "..."
+    dataset = "digits"          # or "cifar10" with data_dir = "...", or "data.npz"
+    # model = "nets.py:make_model"   # a network of your own (pcmjax.montecarlo.custom):
+    # model_args = { hidden = 256 }  #   its factory, checkpoint = "params.npz" and
+    # exclude = ["head"]             #   dataset = "data.npz" (x, y / token sequences x)
     eval_examples = 450
     calibration_examples = 128
     calibration = "lstsq"       # or "gradient" (calibration_steps = 200)
@@ -26,6 +29,7 @@ A study file (``pcmjax study --config study.toml``)::
     # file = "my_fit.json"      # a fitted model (pcmjax fit / pcmjax.devices.save)
 
     [chip]                      # overrides of pcmjax.ChipConfig (HERMES defaults)
+    # preset = "hermes-four-phase"   # a named starting point (pcmjax.ChipConfig.preset)
     read_phases = 4
     [chip.adc]
     bits = 8
@@ -43,7 +47,9 @@ A study file (``pcmjax study --config study.toml``)::
     vmap_width = 1              # instances per device at once (default: from the budget)
     plots = true
 
-Relative paths (``checkpoint``, ``file``, ``data_dir``) are relative to the study file;
+``pcmjax study --print-config`` prints a commented template of every key.
+Relative paths (``checkpoint``, ``dataset``, ``file``, ``data_dir``, a factory's ``.py``
+file) are relative to the study file;
 ``output`` is relative to the working directory. Every error names the offending key
 and the allowed values.
 """
@@ -67,8 +73,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python < 3.11
 from pcmjax import devices
 from pcmjax._validate import check_bool, check_choice, check_int
 from pcmjax.config import ChipConfig
-from pcmjax.montecarlo._memory import parse_bytes
 from pcmjax.montecarlo import custom
+from pcmjax.montecarlo._memory import parse_bytes
 from pcmjax.montecarlo.checkpoints import default_network, load_network
 from pcmjax.montecarlo.datasets import load_npz_dataset
 from pcmjax.montecarlo.network import NetworkWorkload
