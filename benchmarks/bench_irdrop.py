@@ -7,10 +7,17 @@ array is written as a SPICE netlist (drivers, wire segments, devices, ADC segmen
 ``transfer_pair`` (float32, the default) must agree within 1e-4 of the largest; the
 first-order model's error is shown beside it.
 
-Cost: the exact solve of 256×256 cores against a full-chip MVM (einsum of
-``[64, B, 256]`` by ``[64, 256, 256]``) measured in the same run; the exact solve is
-timed on ``--cores`` cores and scaled to 64 (cores are independent: the work is linear in
-their number).
+Cost: the exact solve of 256×256 cores (and its gradient, forward and adjoint pass)
+against a full-chip MVM (einsum of ``[64, B, 256]`` by ``[64, 256, 256]``) measured in the
+same run; the exact solve is timed on ``--cores`` cores and scaled to 64 (cores are
+independent: the work is linear in their number). For the iterative alternative (conjugate
+gradients on the nodal system, preconditioned by the lines' tridiagonal blocks, with the
+``K`` ADC drives as a batch of right-hand sides) the run times the two pieces of one
+iteration on one core: the nodal operator and the preconditioner.
+
+OpenBLAS (LAPACK behind the LU and triangular solves) is kept to one thread: with its
+default threads it competes with XLA's own and, on a loaded CPU, the solve was 10-20×
+slower (``OPENBLAS_NUM_THREADS`` set before anything loads it).
 
 ngspice is installed from the Debian package when missing (``apt-get install ngspice``).
 
@@ -20,21 +27,25 @@ Usage: ``python benchmarks/bench_irdrop.py [--sizes 8,16,32,64] [--lams 0.1,1,3.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import re
-import shutil
-import subprocess
-import tempfile
-import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from pcmjax.chip.nodal import transfer_pair
-from pcmjax.chip.parasitics import effective_pair
+import argparse  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.lax.linalg import tridiagonal_solve  # noqa: E402
+
+from pcmjax.chip.nodal import transfer_pair  # noqa: E402
+from pcmjax.chip.parasitics import effective_pair  # noqa: E402
 
 
 def ensure_ngspice() -> str:
@@ -119,13 +130,54 @@ def _time(fn, *args, repeat=3):
     return best
 
 
+def _line_chain(g, gw, n):
+    """Tridiagonal blocks ``gw·L + diag(g)`` of lines along the last axis (grounded at index 0)."""
+    d = gw * jnp.full(g.shape, 2.0).at[..., -1].set(1.0) + g
+    off = -gw * jnp.ones_like(g)
+    return off.at[..., 0].set(0.0), d, off.at[..., -1].set(0.0)
+
+
+def iteration_pieces(n=256, r=1.0):
+    """One core, ``n`` right-hand sides: seconds of the nodal operator and the preconditioner."""
+    g = jax.random.uniform(jax.random.key(1), (2, n, n), maxval=20.0)
+    gw = gb = 1.0 / (r * 1e-6)
+    blocks = [_line_chain(g[0], gw, n), _line_chain(g[1], gw, n), _line_chain((g[0] + g[1]).T, gb, n)]
+
+    def operator(u):  # u: [3, R, K, N]; Laplacians of the lines plus the device stamps
+        p, q, b = u
+
+        def lap(x, axis, gl):
+            lo = jnp.roll(x, 1, axis) * (jnp.arange(x.shape[axis]) > 0).reshape((-1,) + (1,) * (2 - axis))
+            hi = jnp.roll(x, -1, axis) * (jnp.arange(x.shape[axis]) < x.shape[axis] - 1).reshape(
+                (-1,) + (1,) * (2 - axis))
+            return gl * (2 * x - lo - hi)
+
+        gp, gn = g[0][..., None], g[1][..., None]
+        return jnp.stack([lap(p, 1, gw) + gp * (p - b), lap(q, 1, gw) + gn * (q - b),
+                          lap(b, 0, gb) + gp * (b - p) + gn * (b - q)])
+
+    def precondition(u):  # three batched tridiagonal solves: input lines, then bit lines
+        zp = tridiagonal_solve(*blocks[0], u[0])
+        zn = tridiagonal_solve(*blocks[1], u[1])
+        zb = jnp.swapaxes(tridiagonal_solve(*blocks[2], jnp.swapaxes(u[2], 0, 1)), 0, 1)
+        return jnp.stack([zp, zn, zb])
+
+    u = jax.random.normal(jax.random.key(2), (3, n, n, n))
+    return _time(jax.jit(operator), u), _time(jax.jit(precondition), u)
+
+
 def cost(cores, batches, n=256, chip_cores=64):
     key = jax.random.key(0)
     g = jax.random.uniform(key, (cores, 2, n, n), maxval=20.0)
     t_exact = _time(transfer_pair, g[:, 0], g[:, 1], 1.0, 1.0, repeat=1) * chip_cores / cores
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.square(transfer_pair(a, b, 1.0, 1.0)[0]))))
+    t_grad = _time(grad, g[:, 0], g[:, 1], repeat=1) * chip_cores / cores
     mvm = jax.jit(lambda x, w: jnp.einsum("cbr,crk->cbk", x, w))
     w = jax.random.normal(key, (chip_cores, n, n))
-    out = dict(cores_timed=cores, t_exact_chip_s=t_exact)
+    t_op, t_prec = iteration_pieces(n)
+    out = dict(cores_timed=cores, t_exact_chip_s=t_exact, t_exact_grad_chip_s=t_grad,
+               t_cg_operator_core_s=t_op, t_cg_preconditioner_core_s=t_prec,
+               t_exact_core_s=t_exact / chip_cores)
     for b in batches:
         x = jax.random.normal(key, (chip_cores, b, n))
         t = _time(mvm, x, w, repeat=5)
@@ -156,8 +208,10 @@ def main(argv=None):
     if not a.skip_cost:
         c = cost(a.cores, [int(b) for b in a.batches.split(",")])
         result["cost"] = c
-        print(f"\nfull chip (64 x 256x256): exact solve {c['t_exact_chip_s']:.2f} s "
-              f"(timed on {c['cores_timed']} core(s), scaled)")
+        print(f"\nfull chip (64 x 256x256): exact solve {c['t_exact_chip_s']:.2f} s, with its gradient "
+              f"{c['t_exact_grad_chip_s']:.2f} s (timed on {c['cores_timed']} core(s), scaled)")
+        print(f"  one CG iteration, one core, 256 right-hand sides: operator {c['t_cg_operator_core_s']:.2f} s + "
+              f"preconditioner {c['t_cg_preconditioner_core_s']:.2f} s (exact solve: {c['t_exact_core_s']:.2f} s)")
         for k, v in c.items():
             if k.startswith("t_mvm"):
                 b = k[len("t_mvm_B"):-2]
