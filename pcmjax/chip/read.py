@@ -91,10 +91,20 @@ def make_read(cfg: ChipConfig, kind: ReadKind | None = None) -> Read:
 
     def reference(key, x, w, var, adc):
         q = pwm_encode(x, cfg.pwm)
-        c2 = convert(key, "cbr,cqrk->cqbk", q, w, var, adc)  # [C, 2, B, K]
+        c2 = convert(key, _polarity_charges, q, w, var, adc)  # [C, 2, B, K]
         return jnp.sum(c2 - _per_column(adc["offset_est"], c2.ndim), axis=1)
 
     return {"one_phase": one_phase, "four_phase": four_phase, "reference": reference}[kind]
+
+
+def _polarity_charges(q, w):
+    """``einsum("cbr,cqrk->cqbk", q, w)`` as a broadcast product summed over the rows.
+
+    The reference read has a batch of one or a few inputs: as a ``dot`` XLA:CPU first
+    transposes the whole ``[C, 2, R, K]`` operand (a copy of every device's conductance at
+    every time evaluated); summed over the rows, it is one fused pass over them.
+    """
+    return jnp.sum(q[:, None, :, :, None] * w[:, :, None, :, :], axis=3)
 
 
 def _per_column(v, ndim: int):
@@ -103,18 +113,19 @@ def _per_column(v, ndim: int):
 
 
 def _make_convert(cfg: ChipConfig):
-    """ADC conversions of the charges of ``einsum(spec, q, w)``, one per output element."""
+    """ADC conversions of the charges ``einsum(spec, q, w)`` (or ``spec(q, w)``), one per output element."""
     a = cfg.adc.counts_per_unit(cfg.rows)
     need_noise = cfg.read_noise or cfg.adc.noise_std > 0
 
     def convert(key, spec, q, w, var, adc):
-        s = jnp.einsum(spec, q, w)
+        contract = (lambda a, b: jnp.einsum(spec, a, b)) if isinstance(spec, str) else spec
+        s = contract(q, w)
         gain = _per_column(a * adc["gain"], s.ndim)
         u = gain * s + _per_column(adc["offset"], s.ndim)
         if need_noise:
             var_counts = jnp.zeros_like(s) + cfg.adc.noise_std**2
             if cfg.read_noise:
-                var_counts = var_counts + gain**2 * jnp.einsum(spec, q * q, var)
+                var_counts = var_counts + gain**2 * contract(q * q, var)
             u = u + jnp.sqrt(var_counts) * _random.normal(key, s.shape)
         return adc_transfer(u, _per_column(adc["nonlin"], s.ndim), cfg.adc)
 
