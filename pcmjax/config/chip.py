@@ -69,9 +69,11 @@ class ProgramConfig:
         the target (HERMES: 5).
       verify_read_s: verify-read pulse, seconds (HERMES: 512 ns at 0.2 V): the 1/f band of the
         device model's read fluctuation ``device.read_sigma(g, verify_read_s)``.
-      verify_adc_noise: rms noise of the verify conversion, counts (before rounding).
+      verify_adc_noise: rms noise of the verify conversion, counts (before rounding; a
+        half count, not calibrated).
       step: fraction of the read error by which the next pulse's aim moves (the pulse
-        current is updated in proportion to the error).
+        current is updated in proportion to the error); below 1 the loop approaches from the
+        SET side and stops at the band's upper edge, a bias the fitted model does not have.
       pulse_spread: saturated spread of a pulse's conductance response, fraction of one
         device's ``g_max / n``: ``σ_p(g) = pulse_spread · g_dev · (1 − exp(−g / (s · g_dev)))``
         with ``s = pulse_spread_scale`` (calibrated).
