@@ -204,6 +204,9 @@ def fit_device_model(data, family: str = "hermes", *, num_devices: int | None = 
     res = fit_entries(model0, entries, sub, se, max_iter, starts=starts, init_first=init is not None)
     fitted, names, values, stderr, cov, stage_list, fixed, stage_nll, newton_decrement, fixed_notes, table, alts = res
     notes += fixed_notes
+    if alts:
+        notes.append(f"{len(alts)} other configuration(s) of the clipped laws (which levels sit on which piece) fit "
+                     "within ΔNLL < 2 of the best; the standard errors and mean_drift cover them")
     p = len(names)
     n_reads = int(sub.mask.sum())
     nll = float(sum(stage_nll))
