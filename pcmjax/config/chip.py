@@ -234,7 +234,9 @@ class ChipConfig:
           HERMES-fitted device model draws from the *measured outcome* of HERMES's
           program-and-verify (§2, §3: the fitted programming noise was measured on devices
           programmed that way); ``"verify"`` simulates the loop itself
-          (``ProgramConfig(method="verify", iterations=30)``, §3);
+          (``ProgramConfig(method="verify", iterations=30)``, §3, :mod:`pcmjax.chip.verify`),
+          calibrated to reproduce that law within 7 % at every level, at the cost of 30
+          iterations of programming;
         * ``drift_compensation="global"``: one ratio per core from a reference read (§5);
         * ``w_max="tile"``: one weight scale per core, ``G = W · G_max / W_max`` (§6).
 
