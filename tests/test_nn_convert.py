@@ -129,6 +129,18 @@ def test_input_ranges_are_the_abs_max_of_each_layers_inputs():
     np.testing.assert_allclose(float(analog.a.input_scale[...]), np.abs(x).max(), rtol=1e-6)
 
 
+def test_a_layer_called_twice_gets_the_range_of_all_its_inputs():
+    model = Zoo(nnx.Rngs(0))
+    tokens = jnp.arange(12) % 10
+    analog = pnn.convert(model, data=tokens)
+    m = model
+    first = m.plain[0](m.emb(tokens))  # plain[1]'s first input; it is also `shared`, called last
+    x = m.dct["y"](m.lst[0](m.pair[0](m.named["x"](m.plain[1](first)))))
+    second = m.norm(m.seq(x))
+    expected = max(float(jnp.abs(first).max()), float(jnp.abs(second).max()))
+    np.testing.assert_allclose(float(analog.plain[1].input_scale[...]), expected, rtol=1e-6)
+
+
 def test_bad_input_errors():
     r = nnx.Rngs(0)
     with pytest.raises(ValueError, match=r"no layer to convert.*Embed, LayerNorm"):

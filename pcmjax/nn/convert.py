@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pcmjax import _streams
+from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn.general import AnalogEinsum, AnalogLinearGeneral, _einsum_parts
-from pcmjax.nn.hwa import HWAConfig
 from pcmjax.nn.layers import AnalogConv, AnalogLayer, AnalogLinear, analog_layers
 from pcmjax.nn.recurrent import CELLS, AnalogRNN
 

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
-from pcmjax.nn.hwa import HWAConfig, input_statistic
 from pcmjax.nn.layers import AnalogLayer
 
 
@@ -41,19 +41,7 @@ def _norm_axes(axes, ndim: int) -> tuple[int, ...]:
     return tuple(sorted(a if a >= 0 else ndim + a for a in axes))
 
 
-class _MaxTracking:
-    """While ``measuring`` (set by :func:`pcmjax.nn.measure_input_ranges`), the input range
-    is the largest statistic of all calls, not a running average (a layer called at every
-    time step sees every step)."""
-
-    def _track_input(self, x):
-        if getattr(self, "measuring", False) and not self.use_running_average and self.mode != "chip":
-            self.input_scale[...] = jnp.maximum(self.input_scale[...], input_statistic(x, self.hwa))
-            return
-        super()._track_input(x)
-
-
-class AnalogLinearGeneral(_MaxTracking, AnalogLayer, nnx.LinearGeneral):
+class AnalogLinearGeneral(AnalogLayer, nnx.LinearGeneral):
     """``nnx.LinearGeneral`` mapped onto PCM crossbars (same signature, plus ``mode`` and ``hwa``).
 
     The kernel ``[*in_features, *out_features]`` is the matrix ``[prod(in_features),
@@ -155,7 +143,7 @@ def _einsum_parts(einsum_str: str, x_ndim: int | None = None):
     return in_spec, k_spec, out_spec, batch, contracted, produced
 
 
-class AnalogEinsum(_MaxTracking, AnalogLayer, nnx.Einsum):
+class AnalogEinsum(AnalogLayer, nnx.Einsum):
     """``nnx.Einsum`` mapped onto PCM crossbars (same signature, plus ``mode`` and ``hwa``).
 
     The equation must make the kernel one matrix: each kernel axis is either summed

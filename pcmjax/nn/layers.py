@@ -92,6 +92,12 @@ class AnalogLayer(nnx.Module):
             return
         stat = input_statistic(x, self.hwa)
         old = self.input_scale[...]
+        if getattr(self, "measuring", False):
+            # One measuring pass (set_input_scales, convert's data): the largest statistic of
+            # every call, so a layer called several times (a recurrent cell at every time step,
+            # a shared layer) gets a range that covers all its inputs.
+            self.input_scale[...] = jnp.maximum(old, stat)
+            return
         m = self.hwa.input_scale_momentum
         self.input_scale[...] = jnp.where(old > 0, m * old + (1 - m) * stat, stat)
 
@@ -334,12 +340,12 @@ def set_input_scales(model, x, *, quantile: float | None = None):
     saved = [(layer.mode, layer.use_running_average, layer.hwa) for layer in layers]
     try:
         for layer in layers:
-            layer.mode, layer.use_running_average = "digital", False
+            layer.mode, layer.use_running_average, layer.measuring = "digital", False, True
             if quantile is not None:
                 layer.hwa = layer.hwa.replace(input_scale_quantile=quantile)
             layer.input_scale[...] = jnp.zeros((), jnp.float32)  # first update copies the statistic
         _forward(model, jnp.asarray(x))
     finally:
         for layer, (mode, ura, hwa) in zip(layers, saved):
-            layer.mode, layer.use_running_average, layer.hwa = mode, ura, hwa
+            layer.mode, layer.use_running_average, layer.hwa, layer.measuring = mode, ura, hwa, False
     return model

@@ -28,9 +28,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pcmjax import _streams
+from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
-from pcmjax.nn.general import _MaxTracking, _peek_key
-from pcmjax.nn.hwa import HWAConfig
+from pcmjax.nn.general import _peek_key
 from pcmjax.nn.layers import AnalogLayer
 
 
@@ -68,7 +68,7 @@ def _write(ref, value):
     var[...] = value if cols is None else var[...].at[:, cols].set(value)
 
 
-class _AnalogCell(_MaxTracking, AnalogLayer):
+class _AnalogCell(AnalogLayer):
     """Shared machinery: the fused matrix, the analog pre-activations, the step key."""
 
     _flax_cls: type = None
