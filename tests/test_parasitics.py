@@ -218,3 +218,20 @@ def test_variance_untouched_by_ideal_wires():
     cfg = pj.ChipConfig.ideal(n_cores=2, rows=5, cols=6).replace(parasitics=ParasiticsConfig(1e-9, 1e-9))
     _, v = through_wires(g, var, cfg)
     np.testing.assert_allclose(v, var, rtol=1e-5)
+
+
+def test_chip_read_noise_goes_through_the_wires():
+    # at_time's per-read variance is the devices' own, scaled per device by (a/g)² of the
+    # effective conductances the same state's MVM uses.
+    key = jax.random.key(5)
+    gp, gn, _ = _array(4)
+    cfg = pj.ChipConfig(n_cores=1, rows=R, cols=K, read_phases=4, parasitics=ParasiticsConfig(40.0, 40.0))
+    st = pj.program_chip(key, jnp.asarray((gp - gn)[None] / 20.7, jnp.float32), cfg)
+    t = 3600.0
+    var = np.asarray(st.at_time(key, t).var, np.float64)
+    var_own = np.asarray(st.replace(cfg=cfg.without("ir_drop")).at_time(key, t).var, np.float64)
+    phys = np.asarray(st.conductances(key, t), np.float64)
+    eff = np.asarray(st.conductances(key, t, effective=True), np.float64)
+    ratio = np.where(phys > 0, np.clip(eff / np.where(phys > 0, phys, 1.0), 0, 1), 1.0)
+    np.testing.assert_allclose(var, var_own * ratio**2, rtol=1e-4, atol=1e-12)
+    assert np.max(var_own - var) > 0.05 * np.max(var_own)  # a visible attenuation

@@ -11,7 +11,8 @@ read at programming) and gradient-based programming's model of the chip
 2. the per-read noise variance of the aged state (``read_noise``), normalised by ``g_max²``;
 3. the operating temperature (:mod:`pcmjax.chip.temperature`), when configured;
 4. the wire resistance of the array (:mod:`pcmjax.chip.parasitics`), when configured:
-   what the MVM sees are the array's effective conductances.
+   what the MVM sees are the array's effective conductances, and the per-read variance
+   is attenuated like the signal (:func:`pcmjax.chip.parasitics.through_wires`).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ def age(key, g_prog, nu, g_target, device, cfg: ChipConfig, t, *, effective: boo
         var = jnp.zeros_like(g)
     if cfg.temperature.enabled:  # away from the reference temperature
         g, var = temperature.apply(g, var, g_target, nu, t, device.t0, device.g_max, cfg.temperature)
-    if effective and parasitics.enabled(cfg):  # wire resistance: the array's effective conductances
-        g = parasitics.effective_conductances(g, cfg)
+    if effective and parasitics.enabled(cfg):  # wire resistance: signal and read noise through the wires
+        g, var = parasitics.through_wires(g, var, cfg)
     return g, var
 
 
