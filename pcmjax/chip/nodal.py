@@ -39,12 +39,17 @@ factorisation and two solves with ``K`` right-hand sides per row; measured in
 processed a few at a time (``lax.map``), so the memory does not grow with the chip.
 
 Why not an iterative solver: the transfer matrix needs ``K`` right-hand sides per core,
-each a field of ``3 R K`` node voltages, so one sweep of any iteration (conjugate
-gradients with the lines' tridiagonal blocks as preconditioner, line relaxation) touches
-``3 R K²`` numbers per core in memory-bound element-wise and tridiagonal passes, not in
-matrix products. Measured on a 256×256 core, one such sweep costs more than the whole
-direct solve's share per iteration (see RESULTS.md, "IR drop"), and it converges in 4–14
-iterations; the direct solve is faster and exact.
+each a field of ``3 R K`` node voltages, so one iteration of any iterative method touches
+``3 R K²`` numbers per core in memory-bound element-wise passes and batched tridiagonal
+solves, not in matrix products. Conjugate gradients on the nodal system, preconditioned
+by the lines' tridiagonal blocks, converge in 4 (λ = 0.1) to 14 (λ = 10) iterations to a
+relative residual of 1e-7, but on a 256×256 core with 256 right-hand sides one
+application of the preconditioner alone takes about as long as the whole direct solve
+(``benchmarks/bench_irdrop.py`` times both; RESULTS.md, "IR drop").
+
+The LU factorisations and triangular solves run in LAPACK (OpenBLAS on the CPU): with
+OpenBLAS's default threads competing with XLA's, they were 10-20× slower on a loaded CPU;
+``OPENBLAS_NUM_THREADS=1`` (set before NumPy or JAX is imported) avoids that.
 
 Gradients: a custom VJP by the adjoint (implicit-function) method, not by differentiating
 the elimination. For a device ``e`` (or a wire segment), ``∂A[d, k]/∂g_e`` is minus the

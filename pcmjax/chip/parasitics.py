@@ -8,10 +8,13 @@ Two models, chosen with ``ParasiticsConfig.method``:
 * ``"exact"``: the exact nodal solution of every core's whole network (both input lines
   of every row, the bit lines, the driver and ADC segments) by block elimination,
   :func:`pcmjax.chip.nodal.transfer_pair`; valid at any wire resistance, float32 within
-  ~1e-5 of a float64 nodal analysis, and about ``R K² (4K/3 + 2R)`` multiply-adds per
-  core (one dense LU solve per row), once per state.
+  ~2e-5 of a float64 nodal analysis (and of ngspice), about ``7/3 R K³`` multiply-adds
+  per core (an LU factorisation and two solves per row), once per state; differentiable
+  in reverse mode by an adjoint solve.
 
-Both give input-independent effective conductances (below), used by every MVM.
+Both give input-independent effective conductances (below), used by every MVM, and the
+per-read noise variance of every device is attenuated like its signal
+(:func:`through_wires`).
 
 Geometry (per core): every row has one input line per device polarity, driven from the
 column-0 end (the driver); every column has one bit line, held at the ADC's common-mode

@@ -23,7 +23,7 @@ class ParasiticsConfig:
         cumulative sums per core), good while the IR drop is below ~10 % (λ ≲ 0.2) and
         divergent beyond λ ≈ 3.5. ``"exact"``: the exact nodal solution of the whole
         crossbar (:mod:`pcmjax.chip.nodal`), valid at any wire resistance, about
-        ``R K² (4 K / 3 + 2 R)`` multiply-adds per core, once per state.
+        ``7/3 R K³`` multiply-adds per core, once per state.
     """
 
     r_word_line: float = 0.0
