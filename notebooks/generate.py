@@ -889,8 +889,8 @@ except ValueError as e:
 ## 3. Hardware-aware fine-tuning, deployment
 
 The converted model trains hardware-aware like any pcmjax network (notebook 03 explains the HERMES recipe in
-`HWAConfig`). We fine-tune a copy for a few epochs, then deploy both the plain conversion and the fine-tuned
-one on HERMES chips.
+`HWAConfig`). We fine-tune a copy for a few epochs and deploy it on a HERMES chip; section 4 compares it with
+the plain conversion over many chips.
 """),
     code("""
 hwa_model = nnx.clone(analog)
