@@ -47,7 +47,9 @@ def test_closed_over_weights_are_not_constant_folded():
     # Folded programming leaves constants of the devices' shape [2, 2, 64, 64] (four times the
     # weights) in the program; unfolded, the largest constant is the weights themselves.
     assert max(_constant_sizes(closed.as_text())) <= weights.size
-    assert t_closed <= 2.0 * t_arg + 2.0, (t_closed, t_arg)
+    # The trap was about 30× (minutes against seconds at full-chip size); the bound leaves
+    # room for the noise of a shared machine, the constant check above is the exact one.
+    assert t_closed <= 3.0 * t_arg + 5.0, (t_closed, t_arg)
     np.testing.assert_array_equal(np.asarray(closed(key)), np.asarray(by_arg(key, weights)))
 
 
