@@ -207,3 +207,12 @@ def test_header_names_device_overrides_fitted_file_and_chip_options(nets, tmp_pa
     assert f"fitted model from {tmp_path / 'fit.json'}" in text and "HERMES defaults" in text
     with pytest.raises(config.ConfigError, match="preset"):
         config.study_from_dict({"workload": wl, "chip": {"preset": "hermes-eight-phase"}}, nets)
+
+
+def test_exclude_keeps_layers_digital(nets):
+    _classification(nets, _factory(nets, "mlp"))
+    wl = {"model": "nets.py:mlp", "checkpoint": "mlp.npz", "dataset": "data.npz", "calibration_examples": 4}
+    sc = config.study_from_dict({"workload": dict(wl, exclude=["layers/1"])}, nets)
+    assert sc.study.metrics == ("accuracy", "loss", "layer_error/layers/0")
+    with pytest.raises(config.ConfigError, match="match no module"):
+        config.study_from_dict({"workload": dict(wl, exclude=["layers/7"])}, nets)
