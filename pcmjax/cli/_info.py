@@ -27,8 +27,10 @@ def _from_study_file(path: str, network, results):
     base = Path(path).resolve().parent
     device = build_device(cfg.get("device", {}), base)
     workload = cfg.get("workload", {})
+    # A network of your own ([workload] model = "module:factory") is not placed here: its
+    # checkpoint alone does not say how to build it.
     if (network is None and isinstance(workload, dict) and workload.get("kind", "network") == "network"
-            and isinstance(workload.get("checkpoint"), str)):
+            and isinstance(workload.get("checkpoint"), str) and "model" not in workload):
         ckpt = workload["checkpoint"]
         network = ckpt if ckpt == "default" or Path(ckpt).is_absolute() else str(base / ckpt)
         output = cfg.get("study", {}).get("output")
