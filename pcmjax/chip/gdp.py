@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from pcmjax.chip.age import age, drift_exponents
 from pcmjax.chip.compensation import compensation_factor
@@ -131,6 +130,10 @@ def optimise_targets(key, g_target, device, cfg: ChipConfig, x=None, return_hist
     # size shrinks to let the targets settle.
     # eps well above float32 round-off of the gradient (~1e-7), which Adam would otherwise
     # blow up to full steps where the error is already zero; real gradients are ~1e-2.
+    # optax is imported here, when a chip is programmed with GDP, not when pcmjax is: the
+    # command line's start-up (`pcmjax --help`) does not pay for it.
+    import optax
+
     opt = optax.adam(optax.cosine_decay_schedule(p.learning_rate, max(p.steps, 1)), eps=1e-4)
 
     def sample_inputs(k):
