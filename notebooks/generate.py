@@ -459,7 +459,7 @@ phase_cases = {
 labels = ["1 s", "1 day", "1 year"]
 phases = {}
 for name, c in phase_cases.items():
-    phases[name] = rel_error(read_chips(keys, W, x, jnp.asarray(times), c))[:, [idx[l] for l in labels]]
+    phases[name] = rel_error(read_chips(keys, W, x, jnp.asarray(times), c))[:, [idx[lab] for lab in labels]]
     print(f"{name:28s}" + "".join(f"{100 * e:8.2f} %" for e in phases[name].mean(0)))
 
 fig, ax = plt.subplots(figsize=(8, 4))
@@ -551,17 +551,17 @@ The arrays here are small so that the notebook runs in a minute or two on a lapt
     code("""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import matplotlib.pyplot as plt
+import numpy as np
 
 import pcmjax as pj
 from pcmjax import cost
-from pcmjax.chip.gdp import GDPConfig
-from pcmjax.chip.parasitics import effective_pair, nodal_solve, kw, kb
 from pcmjax.chip import FaultConfig, apply_faults
+from pcmjax.chip.gdp import GDPConfig
+from pcmjax.chip.parasitics import effective_pair, kb, kw, nodal_solve
+from pcmjax.chip.temperature import at_temperature
 from pcmjax.chip.verify import program_verify
 from pcmjax.devices import HermesPCM
-from pcmjax.chip.temperature import at_temperature
 """),
     md("""
 ## 1. What a network costs on the chip
