@@ -125,12 +125,11 @@ def _factor(gp, gn, rw, rb):
     eye = jnp.eye(K, dtype=gp.dtype)
 
     def row(e, g):
-        m_p, h_p = _input_line(g[0], rw)
-        m_n, h_n = _input_line(g[1], rw)
-        s = e + m_p + m_n
+        m, h = jax.vmap(_input_line, (0, None))(g, rw)  # both polarities in one LAPACK call
+        s = e + m[0] + m[1]
         lu, piv = lu_factor(eye + rb * s)
         e_next = lu_solve((lu, piv), s)
-        return 0.5 * (e_next + e_next.T), (lu, piv, h_p, h_n)
+        return 0.5 * (e_next + e_next.T), (lu, piv, h[0], h[1])
 
     e_last, (lu, piv, hp, hn) = jax.lax.scan(row, jnp.zeros((K, K), gp.dtype), jnp.stack([gp, gn], 1))
     return lu, piv, hp, hn, e_last
@@ -208,12 +207,12 @@ def _core_bwd(res, ct):
         u_adc, u_adj, d_adc, d_adj, rb_bar = carry
         lu_i, piv_i, jt, g_p, g_n, a_p, a_n = xs
         rb_bar = rb_bar + jnp.sum(d_adc * d_adj)  # the bit-line segment below this row
-        u_adc = lu_solve((lu_i, piv_i), u_adc)
-        u_adj = lu_solve((lu_i, piv_i), u_adj + rb * jt)
-        gb_p, rwb_p, qa_p, qj_p = _row_fields(g_p, rw, u_adc, u_adj, a_p)
-        gb_n, rwb_n, qa_n, qj_n = _row_fields(g_n, rw, u_adc, u_adj, a_n)
-        carry = (u_adc, u_adj, d_adc + qa_p + qa_n, d_adj + qj_p + qj_n, rb_bar)
-        return carry, (gb_p, gb_n, rwb_p + rwb_n)
+        u = lu_solve((lu_i, piv_i), jnp.concatenate([u_adc, u_adj + rb * jt], -1))  # one LAPACK call
+        u_adc, u_adj = u[:, :K], u[:, K:]
+        gb, rwb, qa, qj = jax.vmap(_row_fields, (0, None, None, None, 0))(
+            jnp.stack([g_p, g_n]), rw, u_adc, u_adj, jnp.stack([a_p, a_n]))
+        carry = (u_adc, u_adj, d_adc + qa[0] + qa[1], d_adj + qj[0] + qj[1], rb_bar)
+        return carry, (gb[0], gb[1], rwb[0] + rwb[1])
 
     init = (jnp.eye(K, dtype=gp.dtype), zeros, -e_last, j_last, jnp.zeros((), gp.dtype))
     xs = (lu, piv, j_tilde, gp, gn, ap_bar, an_bar)
