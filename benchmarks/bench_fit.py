@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import jax
@@ -46,6 +47,7 @@ def run_family(family: str, n_sets: int, n_devices: int) -> dict:
         fit = fit_device_model(data, family)
         dnll = fit.stats["nll"] - fit_device_model(data, family, init=truth, starts=1).stats["nll"]
         worst, over = max(worst, dnll), over + [round(float(dnll), 2)] * bool(dnll > 1.0)
+        print(f"{family} set {i}: NLL - NLL(started at the truth) = {dnll:.3f}", file=sys.stderr, flush=True)
         true = _params.values_of(truth, [_params.Entry(*_split(n), s) for n, s in zip(fit.names, fit.stages)])
         ok = np.isfinite(fit.stderr)
         hit += int(np.sum(np.abs(fit.values[ok] - true[ok]) <= 2 * fit.stderr[ok]))

@@ -10,8 +10,10 @@ The estimator (details in :mod:`._reduce` and :mod:`._likelihood`):
    the intercepts (``g_prog`` clipped at 0 included exactly);
 3. each stage is minimised with optax L-BFGS in whitened coordinates and polished with
    Newton steps (:mod:`._optimize`); the later stages use the fitted Q_s for the noise of
-   ``â`` and ``ν̂``; with Q_s at the programmed conductance a second pass repeats the
-   stages with the programming distribution of the first pass's σ_prog;
+   ``â`` and ``ν̂``; with Q_s at the programmed conductance further passes repeat the
+   stages (each from the previous optimum and the usual starts) with the programming
+   distribution of the previous pass's σ_prog, until it stops changing, so that the
+   optimum is that of the final objective;
 4. standard errors: by default the sandwich form ``A⁻¹ B A⁻ᵀ`` of the stacked estimating
    equations (A: expected curvature of each stage and the cross-stage Jacobian; B: sum of
    per-device score outer products), which propagates the uncertainty of Q_s into the

@@ -106,7 +106,8 @@ def q2_device(model, d):
     them (a device's weight would depend on its own noise). Instead the expectation of
     Q_s² over the programming distribution at the device's target is used, with 5-point
     Gauss–Hermite nodes ``max(g_T + σ̃ x_k, 0)``: σ̃ is a pilot per target bin (data only,
-    :func:`device_arrays`) in a first pass of the fit and the fitted σ_prog in a second.
+    :func:`device_arrays`) in a first pass of the fit and the σ_prog fitted in the pass
+    before in every further pass, until it stops changing.
     Every stage needs Q_s² only linearly (to first order in the read noise), so that
     expectation gives them the right means and variances.
     """

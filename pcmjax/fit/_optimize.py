@@ -40,9 +40,19 @@ from pcmjax.fit._likelihood import device_arrays
 from pcmjax.fit._moments import noise_bins, stage_start
 from pcmjax.fit._reduce import make_bins
 
+MAX_PASSES = 4
+PASS_TOL = 1e-3  # programming nodes unchanged: max |Δ node| below this fraction of the largest target
+
 
 def fit_entries(model0, entries, sub, se, max_iter, starts: int = 4, init_first: bool = False):
     """Optimise the given entries stage by stage; returns the pieces of a FitResult.
+
+    With Q_s at the programmed conductance the noise stage averages Q_s² over a
+    programming distribution: the first pass takes it from a per-bin pilot, every further
+    pass from the σ_prog of the pass before, until the distribution stops changing (at most
+    ``MAX_PASSES`` passes). Each further pass starts every stage from the previous optimum
+    and from the usual starts, so that the final optimum is that of the final objective
+    (a law preferred only under the pilot distribution is not kept).
 
     Args:
       starts: starting points per stage (≥ 1; see the module docstring).
@@ -56,58 +66,73 @@ def fit_entries(model0, entries, sub, se, max_iter, starts: int = 4, init_first:
         ev = Evaluator(_params.as_float64(model0), d, ents)
         ev.n_devices = sub.n_devices
         free = np.zeros(len(entries), bool)
-        results, prev, flat = {}, {}, set()
-        need, alts = np.zeros(len(entries)), []
+        fin = dict(results={}, flat=set(), need=np.zeros(len(entries)), alts=[])
         # (constant Q_s laws need no averaging over the programming distribution)
-        two_passes = (model0.q_s_from == "programmed" and st_idx["prog"].size > 0
-                      and model0.family != "state_independent")
-        n_pass = 2 if two_passes else 1
-        for pass_ in range(n_pass):
-            last = pass_ == n_pass - 1
-            if pass_ == 1:
-                # Second pass: the programming distribution over which Q_s² is averaged now
-                # comes from the fitted σ_prog instead of the per-bin pilot.
+        passes = (model0.q_s_from == "programmed" and st_idx["prog"].size > 0
+                  and model0.family != "state_independent")
+        given0, free0 = theta.copy(), {}
+        for pass_ in range(MAX_PASSES if passes else 1):
+            last = not passes
+            if pass_ > 0:
                 fitted_prog = _params.with_values(ev.base, entries, theta)
                 sig = float(fitted_prog.prog_scale) * np.asarray(fitted_prog.prog_sigma(sub.g_target))
-                ev.d = d = dict(d, g_nodes=LK.programming_nodes(sub.g_target, sig, d["g_nodes"].shape[1]))
+                nodes = LK.programming_nodes(sub.g_target, sig, d["g_nodes"].shape[1])
+                change = float(np.max(np.abs(nodes - np.asarray(d["g_nodes"]))))
+                last = pass_ == MAX_PASSES - 1 or change <= PASS_TOL * float(np.max(sub.g_target))
+                ev.d = d = dict(d, g_nodes=nodes)
             for s in _params.STAGES:
                 idx = st_idx[s]
                 if idx.size == 0:
                     continue
-                if s in prev:  # second pass: start from the first pass's optimum, steps and Hessian
-                    steps, ok, H0 = prev[s]
-                    th = _minimise(ev, s, theta[idx], ok, H0, max_iter)
-                else:
-                    cands = _candidates(ev, s, theta, st_idx, sub, init_first)
-                    th, steps, ok, H0 = _multistart(ev, s, cands, starts, max_iter)
-                    prev[s] = (steps, ok, H0)
+                start = theta.copy()
+                start[idx] = given0[idx]
+                cands = _candidates(ev, s, start, st_idx, sub, init_first)
+                if pass_ > 0:  # the previous pass's optimum first
+                    cands = [theta[idx].copy()] + cands
+                # entries the first pass found the NLL flat along stay held
+                th, steps, ok, H0 = _multistart(ev, s, cands, starts + (pass_ > 0), max_iter, free0.get(s))
+                free0.setdefault(s, ok)
                 if last:
-                    th, ok, bent = _drop_unneeded_bounds(ev, s, th, ok, H0, model0.family, theta[idx], max_iter)
-                    if s == "drift" and model0.family in CLIPPED_FIELDS:
-                        # every configuration of the clipped laws, a bent one included, is weighed
-                        mini = lambda e, st, t, o: _minimise(e, st, t, o, H0, max_iter)  # noqa: E731
-                        th, ok, need[idx], alt = configurations(ev, s, th, ok, _bins(ev, theta, st_idx), mini,
-                                                                 model0.family)
-                        alts += [(idx, *a) for a in alt]
-                    else:
-                        flat |= set(idx[bent].tolist())
-                    # Step sizes again at the optimum: the curvature there sets the standard errors.
-                    steps = np.where(ok, ev.step_sizes(s, th)[0], steps)
-                    fd = ev.finite_differences(s, th, steps)
-                    th, g = _newton_polish(ev, s, th, ok, fd)
-                    results[s] = dict(fd, g=g)
+                    th, ok = _finish_stage(ev, s, th, steps, ok, H0, model0.family, theta, given0, st_idx, max_iter,
+                                           fin)
                 if s in ("noise", "drift") and model0.family == "state_independent":
                     th = np.abs(th)  # only Q_s² and σ_ν² enter: report the non-negative roots
                 theta[idx] = th
                 free[idx] = ok
                 ev.set_stage(s, th)
+            if last:
+                break
+        results = fin["results"]
         # Cross-stage Jacobian: the drift and prog scores depend on the noise parameters.
         cross = ev.cross_noise(theta[st_idx["noise"]], results["noise"]["steps"]) if "noise" in results else {}
         stage_nll = [float(ev.value(s, theta[st_idx[s]])) for s in _params.STAGES]
         table = ev.device_table(theta[st_idx["noise"]])
     half_dof = 0.5 * np.asarray(d["dof"]) * (np.asarray(d["usable"]) > 0)
-    out = assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof, sorted(flat), need)
-    return out + (table, _alternative_models(model0, entries, theta, alts))
+    out = assemble(model0, entries, theta, free, st_idx, results, cross, stage_nll, se, half_dof,
+                   sorted(fin["flat"]), fin["need"])
+    return out + (table, _alternative_models(model0, entries, theta, fin["alts"]))
+
+
+def _finish_stage(ev, s, th, steps, ok, H0, family, theta, given, st_idx, max_iter, fin):
+    """The final pass of stage ``s``: unneeded clip bounds held, the configurations of
+    clipped laws weighed, step sizes at the optimum and a Newton polish; records the
+    finite differences in ``fin``; a bound the data do not need is held at its ``given``
+    value. Returns ``(theta, ok)`` of the stage."""
+    idx = st_idx[s]
+    th, ok, bent = _drop_unneeded_bounds(ev, s, th, ok, H0, family, given[idx], max_iter)
+    if s == "drift" and family in CLIPPED_FIELDS:
+        # every configuration of the clipped laws, a bent one included, is weighed
+        mini = lambda e, st, t, o: _minimise(e, st, t, o, H0, max_iter)  # noqa: E731
+        th, ok, fin["need"][idx], alt = configurations(ev, s, th, ok, _bins(ev, theta, st_idx), mini, family)
+        fin["alts"] += [(idx, *a) for a in alt]
+    else:
+        fin["flat"] |= set(idx[bent].tolist())
+    # Step sizes again at the optimum: the curvature there sets the standard errors.
+    steps = np.where(ok, ev.step_sizes(s, th)[0], steps)
+    fd = ev.finite_differences(s, th, steps)
+    th, g = _newton_polish(ev, s, th, ok, fd)
+    fin["results"][s] = dict(fd, g=g)
+    return th, ok
 
 
 def _bins(ev, theta, st_idx) -> dict:
@@ -206,8 +231,9 @@ def _candidates(ev, s, theta, st_idx, sub, init_first):
     return cands
 
 
-def _multistart(ev, s, cands, starts, max_iter):
-    """Minimise stage ``s`` from ``starts`` points; the lowest NLL wins.
+def _multistart(ev, s, cands, starts, max_iter, allowed=None):
+    """Minimise stage ``s`` from ``starts`` points; the lowest NLL wins (only the
+    ``allowed`` entries, default all, may move).
 
     Returns:
       ``(theta, steps, ok, H0)`` of the winner: the optimum, the step sizes and the
@@ -225,6 +251,7 @@ def _multistart(ev, s, cands, starts, max_iter):
             th0 = th_b + scale * _halton_normal(k - len(cands), th_b.shape[0])
         steps, curv = ev.step_sizes(s, th0)
         ok = curv != 0  # entries along which the NLL does not change carry no information: hold them
+        ok = ok if allowed is None else ok & allowed
         H0 = ev.finite_differences(s, th0, steps)["H"]
         th = _minimise(ev, s, th0, ok, H0, max_iter)
         f = ev.value(s, th)
@@ -320,5 +347,3 @@ def _newton_polish(ev, s, th, ok, fd):
         if np.isfinite(fc) and fc <= fd["f"] + 1e-9 * max(1.0, abs(fd["f"])):
             th = cand
     return th, g_smooth
-
-
