@@ -73,6 +73,12 @@ class _AnalogCell(AnalogLayer):
 
     _flax_cls: type = None
 
+    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, mode: str = "digital",
+                 hwa: HWAConfig | None = None, **kwargs):
+        kernel_key = _peek_key(rngs)
+        self._flax_cls.__init__(self, in_features, hidden_features, rngs=rngs, **kwargs)
+        self._init_cell(rngs, kernel_key, mode, hwa)
+
     def _init_cell(self, rngs, kernel_key, mode, hwa):
         self._init_analog(rngs, kernel_key, mode, hwa)
         # Flax's cells keep an optional ``carry`` stream in ``rngs``; keep one beside ``hwa``.
@@ -179,12 +185,6 @@ class _AnalogCell(AnalogLayer):
         raise NotImplementedError
 
 
-def _cell_init(self, flax_cls, in_features, hidden_features, rngs, mode, hwa, kwargs):
-    kernel_key = _peek_key(rngs)
-    flax_cls.__init__(self, in_features, hidden_features, rngs=rngs, **kwargs)
-    self._init_cell(rngs, kernel_key, mode, hwa)
-
-
 class _LSTMStep:
     def _hidden(self, carry):
         return carry[1]
@@ -212,10 +212,6 @@ class AnalogLSTMCell(_LSTMStep, _AnalogCell, nnx.LSTMCell):
 
     _flax_cls = nnx.LSTMCell
 
-    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, mode: str = "digital",
-                 hwa: HWAConfig | None = None, **kwargs):
-        _cell_init(self, nnx.LSTMCell, in_features, hidden_features, rngs, mode, hwa, kwargs)
-
     def _groups(self):
         return [((self.ii.kernel, None), (self.hi.kernel, None)), ((self.if_.kernel, None), (self.hf.kernel, None)),
                 ((self.ig.kernel, None), (self.hg.kernel, None)), ((self.io.kernel, None), (self.ho.kernel, None))]
@@ -237,10 +233,6 @@ class AnalogOptimizedLSTMCell(_LSTMStep, _AnalogCell, nnx.OptimizedLSTMCell):
     """
 
     _flax_cls = nnx.OptimizedLSTMCell
-
-    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, mode: str = "digital",
-                 hwa: HWAConfig | None = None, **kwargs):
-        _cell_init(self, nnx.OptimizedLSTMCell, in_features, hidden_features, rngs, mode, hwa, kwargs)
 
     def _groups(self):
         h = self.hidden_features
@@ -264,10 +256,6 @@ class AnalogGRUCell(_AnalogCell, nnx.GRUCell):
     """
 
     _flax_cls = nnx.GRUCell
-
-    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, mode: str = "digital",
-                 hwa: HWAConfig | None = None, **kwargs):
-        _cell_init(self, nnx.GRUCell, in_features, hidden_features, rngs, mode, hwa, kwargs)
 
     def _groups(self):
         h = self.hidden_features
@@ -298,10 +286,6 @@ class AnalogSimpleCell(_AnalogCell, nnx.SimpleCell):
     """
 
     _flax_cls = nnx.SimpleCell
-
-    def __init__(self, in_features: int, hidden_features: int, *, rngs: nnx.Rngs, mode: str = "digital",
-                 hwa: HWAConfig | None = None, **kwargs):
-        _cell_init(self, nnx.SimpleCell, in_features, hidden_features, rngs, mode, hwa, kwargs)
 
     def _groups(self):
         return [((self.dense_i.kernel, None), (self.dense_h.kernel, None))]
