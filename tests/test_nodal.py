@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from pcmjax.chip.nodal import transfer_pair
+from pcmjax.chip import nodal
+from pcmjax.chip.nodal import BLAS_THREAD_VARIABLES, SOLVERS, transfer_pair
 from pcmjax.chip.parasitics import effective_pair
 
 
@@ -175,3 +176,34 @@ def test_float32_gradients_finite_at_extremes():
         g = jax.grad(lambda a, b: jnp.sum(jnp.square(transfer_pair(a, b, rw, rb)[0])), argnums=(0, 1))(
             jnp.asarray(gp, jnp.float32), jnp.asarray(gn, jnp.float32))
         assert all(bool(jnp.all(jnp.isfinite(x))) for x in g)
+
+
+def test_solvers_agree_with_dense_analysis():
+    # Cholesky with an explicit inverse (the default), Cholesky with triangular solves and LU
+    # are the same elimination; each must match the float64 dense analysis, also at λ = 30.
+    R, K = 7, 9
+    gp, gn = _array((R, K), seed=9)
+    for lam, tol, x64 in ((1.75, 1e-9, True), (15.0, 2e-5, False)):
+        rw, rb = _ohms_for(lam, gp.mean(), K), _ohms_for(lam, (gp + gn).mean(), R)
+        ref_p, ref_n = _dense_transfer(gp, gn, rw, rb)
+        scale = np.max(np.abs(ref_p - ref_n))
+        dtype = np.float64 if x64 else np.float32
+        with jax.enable_x64(x64):
+            for solver in SOLVERS:
+                ap, an = transfer_pair(gp.astype(dtype), gn.astype(dtype), rw, rb, solver=solver)
+                assert np.max(np.abs(np.asarray(ap, np.float64) - ref_p)) < tol * scale, solver
+                assert np.max(np.abs(np.asarray(an, np.float64) - ref_n)) < tol * scale, solver
+    with pytest.raises(ValueError, match="solver must be one of"):
+        transfer_pair(gp, gn, 1.0, 1.0, solver="qr")
+
+
+def test_warns_once_when_blas_threads_are_not_limited(monkeypatch):
+    for name in BLAS_THREAD_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(nodal, "_WARNED", [])
+    with pytest.warns(RuntimeWarning, match="OPENBLAS_NUM_THREADS"):
+        transfer_pair(np.ones((3, 2), np.float32), np.zeros((3, 2), np.float32), 1.0, 1.0)  # a new trace
+    assert not nodal.warn_if_blas_threads_unset()  # once per process
+    monkeypatch.setattr(nodal, "_WARNED", [])
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert not nodal.warn_if_blas_threads_unset()

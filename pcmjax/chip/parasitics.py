@@ -8,9 +8,11 @@ Two models, chosen with ``ParasiticsConfig.method``:
 * ``"exact"``: the exact nodal solution of every core's whole network (both input lines
   of every row, the bit lines, the driver and ADC segments) by block elimination,
   :func:`pcmjax.chip.nodal.transfer_pair`; valid at any wire resistance, float32 within
-  ~2e-5 of a float64 nodal analysis (and of ngspice), about ``7/3 R K³`` multiply-adds
-  per core (an LU factorisation and two solves per row), once per state; differentiable
-  in reverse mode by an adjoint solve.
+  ~2e-5 of a float64 nodal analysis (and of ngspice), about ``11/3 R K³`` multiply-adds
+  per core (a Cholesky factorisation, an inverse and matrix products per row), once per
+  state (:meth:`pcmjax.ChipState.at_time`; every read then costs one ordinary MVM);
+  differentiable in reverse mode by an adjoint solve. On the CPU, run it with
+  ``OPENBLAS_NUM_THREADS=1`` in the environment (:mod:`pcmjax.chip.nodal`).
 
 Both give input-independent effective conductances (below), used by every MVM, and the
 per-read noise variance of every device is attenuated like its signal

@@ -23,7 +23,9 @@ class ParasiticsConfig:
         cumulative sums per core), good while the IR drop is below ~10 % (λ ≲ 0.2) and
         divergent beyond λ ≈ 3.5. ``"exact"``: the exact nodal solution of the whole
         crossbar (:mod:`pcmjax.chip.nodal`), valid at any wire resistance, about
-        ``7/3 R K³`` multiply-adds per core, once per state.
+        ``11/3 R K³`` multiply-adds per core (mostly matrix products), once per state
+        (every read of the state is then an ordinary MVM). On the CPU it needs
+        ``OPENBLAS_NUM_THREADS=1`` in the environment (a warning says so otherwise).
     """
 
     r_word_line: float = 0.0
