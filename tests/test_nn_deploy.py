@@ -180,6 +180,7 @@ def test_real_chip_drifts_and_vmaps_over_instances():
 
 def test_non_finite_input_to_a_deployed_network_is_a_clear_error():
     model = Chain((4, 3), nnx.Rngs(0))
+    pnn.set_input_scales(model, np.ones((2, 4), np.float32))
     dep = pnn.deploy(model, jax.random.key(0), pj.ChipConfig.ideal())
     x = np.ones((2, 4), np.float32)
     x[1, 2] = np.nan
@@ -220,3 +221,111 @@ def test_unprogrammed_template_places_without_a_state_and_programs_on_demand():
     np.testing.assert_allclose(programmed(k, x), model(x), rtol=1e-4, atol=1e-5)  # the ideal chip is exact
     with pytest.raises(TypeError, match="program must be True or False"):
         pnn.deploy(model, jax.random.key(3), cfg, program="no")
+
+
+def test_a_layer_without_an_input_range_cannot_be_deployed():
+    model = Chain((6, 5, 3), nnx.Rngs(0))
+    cfg = pj.ChipConfig.ideal()
+    assert pnn.missing_input_ranges(model) == ["layers/0", "layers/1"]
+    with pytest.raises(ValueError, match=r"no input range .*\['layers/0', 'layers/1'\].*measure_input_ranges"):
+        pnn.deploy(model, jax.random.key(0), cfg)
+    with pytest.raises(ValueError, match=r"\['layers/0', 'layers/1'\]"):
+        pnn.deploy(model, None, cfg, program=False)  # placing a template checks too
+    model.layers[0].input_scale[...] = jnp.float32(2.0)
+    with pytest.raises(ValueError, match=r"\['layers/1'\]"):
+        pnn.deploy(model, jax.random.key(0), cfg)
+    x = jax.random.uniform(jax.random.key(1), (8, 6), minval=-1, maxval=1)
+    pnn.set_input_scales(model, x)
+    assert pnn.missing_input_ranges(model) == []
+    np.testing.assert_allclose(float(model.layers[0].input_scale[...]), float(jnp.max(jnp.abs(x))), rtol=1e-6)
+    dep = pnn.deploy(model, jax.random.key(0), cfg)
+    np.testing.assert_allclose(dep(jax.random.key(2), x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_training_sets_the_input_ranges_a_deploy_needs():
+    model = Chain((6, 3), nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(1), (32, 6), minval=-2, maxval=2)
+    y = jnp.arange(32) % 3
+    pnn.train(jax.random.key(0), model, x, y, mode="hwa", epochs=1, batch_size=32)
+    # One step on the whole set: its abs-max is the first (and only) running estimate.
+    np.testing.assert_allclose(float(model.layers[0].input_scale[...]), float(jnp.max(jnp.abs(x))), rtol=1e-6)
+    assert pnn.deploy(model, jax.random.key(0), pj.ChipConfig.ideal()).layout.n_tiles == 1
+
+
+def test_hwa_forward_without_a_range_uses_the_batch_range():
+    """Frozen statistics that were never measured: an HWA pass encodes against the batch's
+    own abs-max, exactly as with that range set by hand (same noise key)."""
+    x = jax.random.uniform(jax.random.key(1), (16, 6), minval=-3, maxval=3)
+    unset = pnn.AnalogLinear(6, 4, rngs=nnx.Rngs(0), mode="hwa")
+    unset.eval()
+    measured = nnx.clone(unset)
+    measured.input_scale[...] = jnp.max(jnp.abs(x))
+    a, b = unset(x, rngs=jax.random.key(5)), measured(x, rngs=jax.random.key(5))
+    np.testing.assert_array_equal(a, b)
+    assert float(unset.input_scale[...]) == 0.0  # frozen: not recorded
+    ref = x @ unset.kernel[...] + unset.bias[...]
+    assert 0.0 < float(jnp.linalg.norm(a - ref) / jnp.linalg.norm(ref)) < 0.5
+
+
+def test_a_range_dropped_behind_deploys_back_gives_nan_not_a_default():
+    """Parameters swapped in under jit cannot be checked: an unset range gives NaN, never a
+    silently assumed range."""
+    model = Chain((6, 3), nnx.Rngs(0))
+    x = jax.random.uniform(jax.random.key(1), (4, 6), minval=-1, maxval=1)
+    pnn.set_input_scales(model, x)
+    dep = pnn.deploy(model, jax.random.key(0), pj.ChipConfig.ideal())
+    params = jax.tree.map(lambda v: v, dep.params)
+    params["layers"][0]["input_scale"].set_value(jnp.float32(0.0))
+    y = dep.replace(params=params)(jax.random.key(2), x)
+    assert np.all(np.isnan(np.asarray(y)))
+    assert np.all(np.isfinite(np.asarray(dep(jax.random.key(2), x))))
+
+
+class _TokenModel(nnx.Module):
+    """Token ids → embedding → analog linear, checking that ids arrive as integers."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Embed(5, 4, rngs=rngs)
+        self.out = pnn.AnalogLinear(4, 3, rngs=rngs)
+
+    def __call__(self, tokens):
+        assert jnp.issubdtype(tokens.dtype, jnp.integer), tokens.dtype
+        return self.out(self.embed(tokens))
+
+
+def test_integer_token_inputs_reach_the_model_unchanged():
+    model = _TokenModel(nnx.Rngs(0))
+    tokens = np.array([[0, 1, 2], [3, 4, 0]], np.int32)
+    pnn.set_input_scales(model, tokens)
+    dep = pnn.deploy(model, jax.random.key(0), pj.ChipConfig.ideal())
+    ref = model(jnp.asarray(tokens))
+    np.testing.assert_allclose(dep(jax.random.key(1), tokens), ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dep.reference(tokens.tolist()), ref, rtol=1e-6, atol=1e-6)
+    # Traced integers too (vmap over chip instances).
+    keys = jax.random.split(jax.random.key(2), 2)
+    states = jax.vmap(dep.program)(keys)
+    ys = jax.vmap(dep.apply, in_axes=(0, None, 0, None))(states, dep.calibration, keys, jnp.asarray(tokens))
+    np.testing.assert_allclose(ys[1], ref, rtol=1e-4, atol=1e-5)
+    # Floats keep their check; float ids are not converted.
+    with pytest.raises(ValueError, match="x must be finite"):
+        dep.reference(np.array([[0.0, np.nan, 1.0]]))
+    with pytest.raises(AssertionError):
+        dep.reference(tokens.astype(np.float32))
+
+
+def test_layer_call_order_follows_the_data_flow_not_the_attributes():
+    class Reversed(nnx.Module):
+        def __init__(self, rngs):
+            self.a_out = pnn.AnalogLinear(5, 2, rngs=rngs)  # placed first (graph order), called last
+            self.b_in = pnn.AnalogLinear(3, 5, rngs=rngs)
+            self.c_unused = pnn.AnalogLinear(2, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.a_out(self.b_in(x))
+
+    model = Reversed(nnx.Rngs(0))
+    for _, layer in pnn.analog_layers(model):
+        layer.input_scale[...] = jnp.float32(1.0)
+    dep = pnn.deploy(model, None, pj.ChipConfig.ideal(), program=False)
+    assert [lp.name for lp in dep.layout.layers] == ["a_out", "b_in", "c_unused"]
+    assert pnn.layer_call_order(dep, np.zeros((7, 3), np.float32)) == (1, 0, 2)

@@ -9,6 +9,8 @@
     # or any Flax NNX model: its Linear/Conv/attention/recurrent layers made analog
     model = pnn.convert(flax_model, data=x_sample)
     pnn.train(key, model, x, y, mode="hwa")                      # hardware-aware training
+    # every analog layer needs its input range before deploy: train, convert(data=...),
+    # or pnn.set_input_scales(model, x_sample) / pnn.measure_input_ranges(model, x_sample)
     deployed = pnn.deploy(model, key, pj.ChipConfig())           # tiles → cores, programmed
     print(deployed.report())
     y_1day = deployed.at_time(k_age, 86400.0)(k_read, x)
@@ -16,6 +18,7 @@
 """
 
 from pcmjax.config.hwa import HWAConfig
+from pcmjax.nn._context import layer_call_order
 from pcmjax.nn.calibrate import calibrate, calibration_loss, make_calibrator
 from pcmjax.nn.convert import CONVERTIBLE, convert, measure_input_ranges
 from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan, tile_weights
@@ -28,6 +31,7 @@ from pcmjax.nn.layers import (
     InputScale,
     analog_layers,
     clip_weights,
+    missing_input_ranges,
     set_input_scales,
     set_mode,
 )
@@ -44,7 +48,8 @@ from pcmjax.nn.train import accuracy, deployed_accuracy, predict, train
 
 __all__ = [
     "AnalogLinear", "AnalogConv", "AnalogLayer", "InputScale", "HWAConfig", "MODES", "set_mode", "clip_weights",
-    "set_input_scales", "analog_layers", "deploy", "plan", "DeployedModel", "Layout", "LayerPlacement",
+    "set_input_scales", "missing_input_ranges", "layer_call_order", "analog_layers", "deploy", "plan",
+    "DeployedModel", "Layout", "LayerPlacement",
     "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "MLP", "SmallCNN",
     "ResNet9",
     "train", "accuracy", "predict", "deployed_accuracy", "layer_mvms",

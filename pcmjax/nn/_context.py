@@ -15,7 +15,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
+from pcmjax._validate import check_finite_array, is_traced
 from pcmjax.chip.mvm import mvm
 
 _CTX: contextvars.ContextVar = contextvars.ContextVar("pcmjax_nn_chip", default=None)
@@ -91,8 +94,8 @@ def slice_cores(state, start: int, n: int, rows: int | None = None, cols: int | 
 def chip_matmul(layer, x2d):
     """``x2d @ layer.matrix()`` on the layer's tiles of the programmed chip.
 
-    The input is scaled into [−1, 1] by the layer's input range (times the calibrated
-    factor), split into row chunks, zero-padded to the tile rows and sent to every tile;
+    The input is scaled into [−1, 1] by the layer's measured input range (times the
+    calibrated factor), split into row chunks, zero-padded to the tile rows and sent to every tile;
     each tile's columns are scaled by its calibrated gain (the core's digital unit), row
     partial sums are added digitally, column chunks concatenated, then the calibrated
     per-column affine ``γ' y + β'`` of the layer is applied.
@@ -106,7 +109,10 @@ def chip_matmul(layer, x2d):
     i = layer.chip_index
     lp = ctx.layout.layers[i]
     cal = ctx.calibration
-    s = layer.effective_input_scale() * cal["input_scale"][i]
+    # deploy() refuses a layer without a measured range; a range of 0 can only arrive with
+    # parameters swapped in under jit, where it cannot be checked: NaN marks it, never a default.
+    s0 = layer.input_scale[...]
+    s = jnp.where(s0 > 0, s0, jnp.nan) * cal["input_scale"][i]
     xs = x2d / s
     rows = max(b - a for a, b in lp.row_chunks)  # this layer's largest tile
     cols = max(b - a for a, b in lp.col_chunks)
@@ -120,3 +126,51 @@ def chip_matmul(layer, x2d):
     if "tile_gamma" in cal:  # each core's digital unit scales its own columns before the digital sum
         y = y * cal["tile_gamma"][i][:, None, :]
     return (jnp.sum(y, axis=0) * s) * cal["gamma"][i] + cal["beta"][i]
+
+
+def layer_call_order(deployed, x) -> tuple[int, ...]:
+    """The analog layers' ``chip_index`` in the order the forward pass first calls them.
+
+    Traced abstractly (nothing is computed) on the digital network of ``deployed``. The
+    attribute order of a model need not be its data flow (an output layer ``out`` listed
+    before the ``rnn`` that feeds it); layer-by-layer procedures such as calibrating each
+    layer after the ones feeding it need this order. Layers the pass never calls come last.
+
+    Args:
+      deployed: a :class:`pcmjax.nn.DeployedModel` (placed; programming is not needed).
+      x: example inputs ``[N, ...]`` (only the shape of one example and the dtype are used).
+
+    Returns:
+      every layer's ``chip_index``, once each.
+    """
+    outputs: dict = {}  # insertion order = first call
+    x = jnp.asarray(x) if not hasattr(x, "dtype") else x
+
+    def forward(params, x):
+        with use(ChipContext(layout=deployed.layout, outputs=outputs)):
+            return nnx.merge(deployed.ref_graphdef, params)(x)
+
+    jax.eval_shape(forward, deployed.params, jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype))
+    order = [int(i) for i in outputs]
+    return tuple(order + [i for i in range(len(deployed.layout.layers)) if i not in order])
+
+
+def model_inputs(x, name: str = "x"):
+    """A deployed model's input as the network receives it.
+
+    Integer arrays (token ids) pass unchanged; others are checked by
+    ``check_finite_array`` (concrete NaN or inf raise ``ValueError``) and become float32.
+
+    Args:
+      x: the inputs ``[N, ...]`` (an array or nested lists).
+      name: the argument's name in error messages.
+
+    Returns:
+      a ``jax.Array``: integer as given, otherwise float32.
+    """
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    if jnp.issubdtype(dtype, jnp.integer):
+        return x if is_traced(x) else jnp.asarray(x)
+    return check_finite_array(x, name)

@@ -15,6 +15,18 @@ Every layer keeps a running estimate of its input range, ``input_scale`` (an
 ``use_running_average`` is False, frozen by ``model.eval()``); the chip sees
 ``x / input_scale`` in [−1, 1], which is what the PWM encodes. A convolution is lowered
 to image patches times the kernel matrix, exactly how it is mapped on the crossbars.
+
+A new layer has no range (``input_scale`` 0) and there is no default one. A range is set
+by :func:`pcmjax.nn.train` (the running estimate; the first step copies its batch's
+statistic before that step's MVMs), by :func:`set_input_scales` or
+:func:`pcmjax.nn.measure_input_ranges`, by ``pcmjax.nn.convert(model, data=...)``, or by
+loading a checkpoint that holds it. Until then:
+
+* :func:`pcmjax.nn.deploy` refuses the model with a ``ValueError`` naming the layers
+  (:func:`missing_input_ranges`);
+* an ``"hwa"`` forward pass with frozen statistics (``model.eval()``) uses the range of
+  the batch at hand, the statistic the first training step would record;
+* ``"digital"`` mode needs no range.
 """
 
 from __future__ import annotations
@@ -82,10 +94,17 @@ class AnalogLayer(nnx.Module):
         shape = tuple(self.kernel.shape)
         return int(np.prod(shape[:-1])), int(shape[-1])
 
-    def effective_input_scale(self):
-        """The input range in use (1 until one has been measured)."""
+    def _input_range(self, x2d):
+        """The range ``x2d``'s full scale stands for in an ``"hwa"`` forward pass.
+
+        While training, :meth:`_track_input` has already set ``input_scale`` from this
+        batch. With frozen statistics and no range ever measured, the batch's own
+        statistic is used (deploying such a layer is an error instead).
+        """
         s = self.input_scale[...]
-        return jnp.where(s > 0, s, 1.0)
+        if self.use_running_average:
+            return jnp.where(s > 0, s, input_statistic(x2d, self.hwa))
+        return s
 
     def _track_input(self, x):
         if self.use_running_average or self.mode == "chip":
@@ -111,7 +130,7 @@ class AnalogLayer(nnx.Module):
             key = rngs.hwa()
         else:
             key = rngs
-        return hwa_matmul(key, x2d, self.matrix(), self.effective_input_scale(), self.hwa)
+        return hwa_matmul(key, x2d, self.matrix(), self._input_range(x2d), self.hwa)
 
     def _finish(self, y):
         if self.use_bias:
@@ -289,6 +308,20 @@ class AnalogConv(AnalogLayer):
 def analog_layers(model) -> list[tuple[tuple, AnalogLayer]]:
     """Every analog layer of ``model`` with its path, in graph order."""
     return [(path, m) for path, m in nnx.iter_modules(model) if isinstance(m, AnalogLayer)]
+
+
+def missing_input_ranges(model) -> list[str]:
+    """Paths (``"layers/0"``, as :func:`pcmjax.nn.plan` names them) of the analog layers of
+    ``model`` whose input range was never set (concrete models only, not under ``jit``).
+
+    Args:
+      model: an ``nnx.Module`` containing analog layers.
+
+    Returns:
+      the layer names, in graph order (empty when every layer has its range).
+    """
+    return ["/".join(str(p) for p in path) or "<root>" for path, layer in analog_layers(model)
+            if not float(layer.input_scale[...]) > 0]
 
 
 def set_mode(model, mode: Mode, *, hwa: HWAConfig | None = None):
