@@ -27,6 +27,21 @@ How well this reproduces Table I (``tests/test_cost.py`` checks every figure bel
   is not in ``e_core``. ``energy_overhead`` scales the energy for such layers; the
   default (1.0) gives the array-and-ADC lower bound.
 
+Shared cores (``pcmjax.nn.plan(..., share_cores=True)``): small tiles of several layers
+may sit on one physical core (rows and columns disjoint). The assumption: a core runs one
+MVM per cycle, so the layers on a shared core take turns (their MVMs never run in the same
+cycle, even though their rows and columns are disjoint, since a layer's input is the output
+of the one before); tiles of one layer on one core would run in one MVM. Hence with
+sharing:
+
+* cores, chips, area (TOPS/mm²) and utilisation count *physical* cores;
+* energy counts core-MVMs: each layer's MVMs times the distinct cores it occupies, each
+  charged the full ``e_core`` (the Table I figure is for fully used cores; a partly used
+  core is charged in full either way), so sharing does not change the energy;
+* latency (layers one after another) does not change; the pipelined rate is set by the
+  busiest core, the sum of the MVMs per inference of the layers on it, so sharing can
+  lower it.
+
 What is not modelled: the global digital units (LSTM gates), off-chip I/O, data
 movement for the inputs of the first layer, and idle power.
 
@@ -42,7 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Literal
 
 from pcmjax._validate import check_choice, check_float, check_int
@@ -151,7 +166,10 @@ class LayerCost:
       rows, cols: the layer's weight matrix (inputs × outputs).
       mvms: MVMs per inference (1 for a dense layer; one per output position for a
         convolution; one per time step for a recurrent layer).
-      tiles: cores the layer occupies (default ``⌈rows/256⌉ · ⌈cols/256⌉``).
+      tiles: tiles the layer is split into (default ``⌈rows/256⌉ · ⌈cols/256⌉``).
+      cores: the physical core of every tile (``tiles`` labels, e.g. global core indices;
+        equal labels in different layers mean a shared core); ``None``: every tile on a
+        core of its own.
     """
 
     name: str
@@ -159,6 +177,7 @@ class LayerCost:
     cols: int
     mvms: float = 1.0
     tiles: int | None = None
+    cores: tuple | None = None
 
     def __post_init__(self):
         for n in ("rows", "cols"):
@@ -168,14 +187,26 @@ class LayerCost:
             object.__setattr__(self, "tiles", math.ceil(self.rows / HERMES_ROWS) * math.ceil(self.cols / HERMES_COLS))
         else:
             check_int(f"LayerCost {self.name!r}: tiles", self.tiles, 1)
+        if self.cores is not None:
+            cores = tuple(self.cores) if isinstance(self.cores, Sequence) and not isinstance(self.cores, str) else None
+            if cores is None or len(cores) != self.tiles or not all(isinstance(c, Hashable) for c in cores):
+                raise ValueError(f"LayerCost {self.name!r}: cores must hold one core label per tile "
+                                 f"({self.tiles}), got {self.cores!r}.")
+            object.__setattr__(self, "cores", cores)
 
     @property
     def weights(self) -> int:
         return self.rows * self.cols
 
     @property
+    def n_cores(self) -> int:
+        """Distinct physical cores the layer occupies (``tiles`` without sharing)."""
+        return self.tiles if self.cores is None else len(set(self.cores))
+
+    @property
     def utilisation(self) -> float:
-        return self.weights / (self.tiles * HERMES_ROWS * HERMES_COLS)
+        """The layer's weights over the devices of the cores it occupies."""
+        return self.weights / (self.n_cores * HERMES_ROWS * HERMES_COLS)
 
 
 def dense(name: str, in_features: int, out_features: int, mvms: float = 1.0) -> LayerCost:
@@ -199,8 +230,9 @@ def from_layout(layout, mvms: Mapping[str, float] | None = None) -> list[LayerCo
     """Layers of a deployment plan (``pcmjax.nn.deploy.Layout``, duck-typed).
 
     Args:
-      layout: an object whose ``layers`` each have ``name``, ``shape = (rows, cols)``
-        and ``n_tiles``.
+      layout: an object whose ``layers`` each have ``name``, ``shape = (rows, cols)``,
+        ``n_tiles`` and optionally ``core_ids`` (the physical core of every tile: layers
+        placed with ``share_cores=True`` share some).
       mvms: MVMs per inference by layer name (default 1 for every layer: dense layers);
         :func:`pcmjax.nn.layer_mvms` counts them for a ``pcmjax.nn`` network.
 
@@ -211,7 +243,9 @@ def from_layout(layout, mvms: Mapping[str, float] | None = None) -> list[LayerCo
     out = []
     for lp in layout.layers:
         rows, cols = (int(s) for s in lp.shape)
-        out.append(LayerCost(str(lp.name), rows, cols, float(mvms.get(lp.name, 1.0)), int(lp.n_tiles)))
+        cores = getattr(lp, "core_ids", None)
+        out.append(LayerCost(str(lp.name), rows, cols, float(mvms.get(lp.name, 1.0)), int(lp.n_tiles),
+                             None if cores is None else tuple(int(c) for c in cores)))
     return out
 
 
@@ -227,53 +261,71 @@ def _as_layers(layers) -> list[LayerCost]:
         elif isinstance(item, Sequence) and not isinstance(item, str):
             out.append(LayerCost(*item))
         else:
-            raise TypeError(f"a layer must be a LayerCost, a dict or a (name, rows, cols[, mvms[, tiles]]) tuple, "
-                            f"got {type(item).__name__}.")
+            raise TypeError(f"a layer must be a LayerCost, a dict or a (name, rows, cols[, mvms[, tiles[, cores]]]) "
+                            f"tuple, got {type(item).__name__}.")
     return out
+
+
+def _core_labels(layers) -> list:
+    """Every layer's physical core labels: its own ``cores``, or fresh ones shared with no one."""
+    return [lc.cores if lc.cores is not None else tuple(("own", i, j) for j in range(lc.tiles))
+            for i, lc in enumerate(layers)]
 
 
 def network_cost(layers: Iterable, read_phases: ReadPhases = 4, *, cores_per_chip: int = HERMES_CORES,
                  energy_overhead: float = 1.0) -> dict:
-    """Per-inference cost of a network whose layers sit on their own cores.
+    """Per-inference cost of a network whose layers sit on their own or on shared cores.
 
     Args:
       layers: :class:`LayerCost` items (or dicts / tuples of their fields, or a
-        ``Layout``).
+        ``Layout``); layers whose ``cores`` name the same label share that core (see the
+        module docstring: their MVMs take turns).
       read_phases: 1 or 4.
       cores_per_chip: for the chip count.
       energy_overhead: factor on the energy (see the module docstring).
 
     Returns:
-      dict with ``layers`` (per-layer dicts), ``cores_used``, ``chips``,
-      ``mvms_per_inference`` (sequential MVM steps), ``core_mvms_per_inference``,
-      ``latency_ns`` (layers one after another), ``throughput_ips`` (inferences per
-      second with the layers pipelined: the slowest layer sets the rate), ``energy_uj``,
-      ``ops``, ``tops`` (ops / latency), ``tops_pipelined``, ``tops_per_w``,
-      ``tops_per_mm2`` and ``utilisation``.
+      dict with ``layers`` (per-layer dicts), ``cores_used`` (physical cores),
+      ``shared_cores`` (cores holding several layers), ``chips``, ``mvms_per_inference``
+      (sequential MVM steps), ``core_mvms_per_inference``, ``latency_ns`` (layers one
+      after another), ``throughput_ips`` (inferences per second with the layers pipelined:
+      the busiest core sets the rate), ``energy_uj``, ``ops``, ``tops`` (ops / latency),
+      ``tops_pipelined``, ``tops_per_w``, ``tops_per_mm2`` and ``utilisation``.
     """
     layers = _as_layers(layers)
     _check_phases(read_phases)
     t_mvm = mvm_latency_ns(read_phases)
+    labels = _core_labels(layers)
     per = []
     for lc in layers:
-        c = mvm_cost(lc.tiles, lc.utilisation, read_phases, lc.mvms, energy_overhead)
-        c.update(name=lc.name, rows=lc.rows, cols=lc.cols, tiles=lc.tiles, mvms=lc.mvms, utilisation=lc.utilisation)
+        c = mvm_cost(lc.n_cores, lc.utilisation, read_phases, lc.mvms, energy_overhead)
+        c.update(name=lc.name, rows=lc.rows, cols=lc.cols, tiles=lc.tiles, cores=lc.n_cores, mvms=lc.mvms,
+                 utilisation=lc.utilisation)
         per.append(c)
-    cores = sum(lc.tiles for lc in layers)
+    load: dict = {}  # MVMs per inference of every physical core: its layers take turns
+    for lc, lab in zip(layers, labels):
+        for core in set(lab):
+            load[core] = load.get(core, 0.0) + lc.mvms
+    owners: dict = {}
+    for i, lab in enumerate(labels):
+        for core in lab:
+            owners.setdefault(core, set()).add(i)
+    cores = len(load)
     total = dict(
         latency_ns=sum(p["latency_ns"] for p in per),
         energy_uj=sum(p["energy_uj"] for p in per),
         ops=sum(p["ops"] for p in per),
     )
     total = _rates(total, cores)
-    slowest_ns = max((lc.mvms * t_mvm for lc in layers), default=0.0)
+    slowest_ns = max(load.values(), default=0.0) * t_mvm
     total.update(
         layers=per,
         read_phases=read_phases,
         cores_used=cores,
+        shared_cores=sum(len(o) > 1 for o in owners.values()),
         chips=max(1, math.ceil(cores / cores_per_chip)),
         mvms_per_inference=sum(lc.mvms for lc in layers),
-        core_mvms_per_inference=sum(lc.mvms * lc.tiles for lc in layers),
+        core_mvms_per_inference=sum(lc.mvms * lc.n_cores for lc in layers),
         throughput_ips=1e9 / slowest_ns if slowest_ns > 0 else 0.0,
         utilisation=sum(lc.weights for lc in layers) / max(cores * HERMES_ROWS * HERMES_COLS, 1),
     )
@@ -307,12 +359,13 @@ def report(layers, read_phases: ReadPhases = 4, *, accuracy: Mapping[str, float]
         lines.append(f"  {'layer':<20} {'matrix':>11} {'cores':>5} {'used':>5} {'MVMs':>7} {'ns':>9} {'µJ':>8}")
         for p in c["layers"]:
             mat = f"{p['rows']}×{p['cols']}"
-            lines.append(f"  {p['name'][:20]:<20} {mat:>11} {p['tiles']:>5d} {p['utilisation']:>5.0%} "
+            lines.append(f"  {p['name'][:20]:<20} {mat:>11} {p['cores']:>5d} {p['utilisation']:>5.0%} "
                          f"{p['mvms']:>7g} {p['latency_ns']:>9.0f} {p['energy_uj']:>8.3f}")
     lines += [
         f"  cores used           {c['cores_used']} ({c['chips']} chip{'s' if c['chips'] > 1 else ''} of "
         f"{cores_per_chip};"
-        f" {c['utilisation']:.0%} of their weights mapped)",
+        f" {c['utilisation']:.0%} of their weights mapped)"
+        + (f"; {c['shared_cores']} shared by several layers, whose MVMs take turns" if c["shared_cores"] else ""),
         f"  MVMs per inference   {c['mvms_per_inference']:g} sequential, {c['core_mvms_per_inference']:g} core-MVMs",
         f"  latency              {c['latency_ns'] / 1e3:.3f} µs (layers in sequence);"
         f" {c['throughput_ips']:.3g} inferences/s pipelined",
