@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from pcmjax import nn as pnn
 from pcmjax._validate import check_choice, check_int
@@ -43,37 +42,9 @@ from pcmjax.config import ChipConfig
 from pcmjax.montecarlo.checkpoints import array_fingerprint, load_network, params_fingerprint
 from pcmjax.montecarlo.datasets import load_dataset
 from pcmjax.montecarlo.workloads import Workload, fit_column_affine, relative_error, state_conductances
-from pcmjax.nn import _context
 from pcmjax.nn.recurrent import CELLS
 
 CALIBRATION_METHODS = ("lstsq", "gradient")
-_LM = "lm"  # attribute of the wrapper around a language model
-
-
-class _NextToken(nnx.Module):
-    """A language model as the deployed forward pass runs it: token ids arrive as float
-    arrays (every deployed input is), the model receives them as integers."""
-
-    def __init__(self, model):
-        setattr(self, _LM, model)
-
-    def __call__(self, x):
-        return getattr(self, _LM)(jnp.asarray(x).astype(jnp.int32))
-
-
-def _call_order(dep, x) -> tuple[int, ...]:
-    """The analog layers' ``chip_index`` in the order the forward pass first calls them
-    (traced abstractly; the model's attribute order need not be the data flow, e.g. an
-    output layer ``out`` listed before the ``rnn`` that feeds it)."""
-    outputs: dict = {}  # insertion order = first call
-
-    def forward(params, x):
-        with _context.use(_context.ChipContext(layout=dep.layout, outputs=outputs)):
-            return nnx.merge(dep.ref_graphdef, params)(x)
-
-    jax.eval_shape(forward, dep.params, jax.ShapeDtypeStruct((1, *x.shape[1:]), jnp.float32))
-    order = [int(i) for i in outputs]
-    return tuple(order + [i for i in range(len(dep.layout.layers)) if i not in order])
 
 
 def _chip_gain(y, ref):
@@ -131,17 +102,24 @@ class NetworkWorkload(Workload):
         if not pnn.analog_layers(model):
             raise ValueError("the network has no analog layers (pcmjax.nn.AnalogLinear / AnalogConv) to deploy; "
                              "convert a Flax model with pcmjax.nn.convert.")
+        missing = pnn.missing_input_ranges(model)
+        if missing:
+            raise ValueError(f"network {description}: the analog layers {missing} have no input range (the "
+                             "checkpoint holds none, e.g. a network saved before training); measure them with "
+                             "pcmjax.nn.measure_input_ranges(model, x_sample) or train the network, then save it "
+                             "again with pcmjax.montecarlo.save_network.")
         check_choice("calibration", calibration, CALIBRATION_METHODS)
         self.language_model = y_eval is None
-        if self.language_model:
-            model, x_eval, y_eval, x_cal = self._sequences(model, x_eval, x_cal)
-        x_eval = np.asarray(x_eval, np.float32)
+        if self.language_model:  # token ids stay integers: the deployed model passes them unchanged
+            x_eval, y_eval, x_cal = self._sequences(x_eval, x_cal)
+        else:
+            x_eval = np.asarray(x_eval, np.float32)
+            x_cal = x_eval[:128] if x_cal is None else np.asarray(x_cal, np.float32)
         y_eval = np.asarray(y_eval, np.int32)
         if x_eval.shape[0] != y_eval.shape[0] or x_eval.shape[0] < 1:
             raise ValueError(f"x_eval and y_eval must hold the same number (>= 1) of examples, got "
                              f"{x_eval.shape[0]} and {y_eval.shape[0]}.")
-        self.model, self.x_eval, self.y_eval = model, x_eval, y_eval
-        self.x_cal = x_eval[:128] if x_cal is None else np.asarray(x_cal, np.float32)
+        self.model, self.x_eval, self.y_eval, self.x_cal = model, x_eval, y_eval, x_cal
         self.calibration = calibration
         self.calibration_steps = check_int("calibration_steps", calibration_steps, lo=1)
         self.n_chips = check_int("n_chips", n_chips, lo=1)
@@ -152,8 +130,8 @@ class NetworkWorkload(Workload):
         self._calibrator = None
 
     @staticmethod
-    def _sequences(model, x, x_cal):
-        """The wrapped model, inputs, next-token targets and calibration inputs of token sequences."""
+    def _sequences(x, x_cal):
+        """The inputs, next-token targets and calibration inputs of token sequences (int32)."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] < 2 or not np.issubdtype(x.dtype, np.integer):
             raise ValueError(f"x_eval without y_eval must be integer token sequences [sequences, length >= 2], got "
@@ -162,7 +140,8 @@ class NetworkWorkload(Workload):
         if x_cal.ndim != 2 or x_cal.shape[1] < 2 or not np.issubdtype(x_cal.dtype, np.integer):
             raise ValueError(f"x_cal of a language model must be integer token sequences, got shape {x_cal.shape} "
                              f"and dtype {x_cal.dtype}.")
-        return _NextToken(model), x[:, :-1], x[:, 1:], x_cal[:, :-1].astype(np.float32)
+        x, x_cal = x.astype(np.int32), x_cal.astype(np.int32)
+        return x[:, :-1], x[:, 1:], x_cal[:, :-1]
 
     # -- setup -------------------------------------------------------------------
     def check_config(self, cfg: ChipConfig) -> None:
@@ -188,8 +167,7 @@ class NetworkWorkload(Workload):
     @property
     def layer_names(self) -> tuple[str, ...]:
         """Paths of the analog layers, in chip order (as :func:`pcmjax.nn.plan` names them)."""
-        skip = 1 if self.language_model else 0  # the wrapper's attribute
-        return tuple("/".join(str(p) for p in path[skip:]) or "<root>" for path, _ in pnn.analog_layers(self.model))
+        return tuple("/".join(str(p) for p in path) or "<root>" for path, _ in pnn.analog_layers(self.model))
 
     def _layer_shapes(self):
         return [tuple(int(d) for d in layer.matrix().shape) for _, layer in pnn.analog_layers(self.model)]
@@ -209,7 +187,7 @@ class NetworkWorkload(Workload):
             ref = {i: r.reshape(n_all, -1)[:n_eval] for i, r in ref_all.items()}
             ref_cal = {i: r.reshape(n_all, -1)[n_eval:] for i, r in ref_all.items()}
             n = len(dep.layout.layers)
-            self._order = _call_order(dep, self.x_cal)
+            self._order = pnn.layer_call_order(dep, self.x_cal)
             biases = [_column_bias(layer, lp.shape[1])  # chip_index order
                       for (_, layer), lp in zip(pnn.analog_layers(self.model), dep.layout.layers)]
             self._data = {"params": dep.params, "weights": dep.weights, "x": jnp.asarray(self.x_eval),

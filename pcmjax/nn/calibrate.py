@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from pcmjax._validate import check_bool, check_finite_array, check_float, check_instance, check_int, check_key
-from pcmjax.nn.deploy import DeployedModel, identity_calibration
+from pcmjax._validate import check_bool, check_float, check_instance, check_int, check_key
+from pcmjax.nn.deploy import DeployedModel, identity_calibration, model_inputs
 
 _EPS = 1e-8
 
@@ -34,7 +34,7 @@ _EPS = 1e-8
 def _as_inputs(data):
     if isinstance(data, (tuple, list)) and len(data) == 2 and np.ndim(data[1]) == 1:
         data = data[0]  # (x, y) pairs: labels are not used
-    x = check_finite_array(data, "data")
+    x = model_inputs(data, "data")
     if x.ndim < 2 or x.shape[0] < 1:
         raise ValueError(f"data must be a batch of inputs [N, ...] with N >= 1, got shape {x.shape}.")
     return x
