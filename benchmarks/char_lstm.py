@@ -178,6 +178,28 @@ def bits_per_char(model, x) -> float:
     return float(_eval_loss(view, jnp.asarray(x))) / math.log(2)
 
 
+def time_steps(args, tokens, n_steps: int = 20) -> dict:
+    """Seconds per training step, digital and hardware-aware, of the network of ``args``
+    (after one compiling step each; the median of ``n_steps`` steps)."""
+    out = {}
+    for mode in ("digital", "hwa"):
+        model = char_lstm(embed=args.embed, hidden=args.hidden, seed=args.seed)
+        analog = convert(model, data=jnp.asarray(sequences(tokens, 8, args.length)))
+        pnn.set_mode(analog, mode)
+        opt = nnx.Optimizer(analog, optax.adam(1e-3), wrt=nnx.Param)
+        analog.train()
+        times = []
+        for s in range(n_steps + 1):
+            start = np.asarray(jax.random.randint(jax.random.key(s), (args.batch,), 0, tokens.size - args.length - 1))
+            x = jnp.asarray(tokens[start[:, None] + np.arange(args.length + 1)])
+            t0 = time.perf_counter()
+            jax.block_until_ready(_step(analog, opt, x))
+            times.append(time.perf_counter() - t0)
+        out[mode] = float(np.median(times[1:]))
+    out["hwa_over_digital"] = out["hwa"] / out["digital"]
+    return out
+
+
 # -- the pipeline -----------------------------------------------------------------------------
 def _toml_times(text: str) -> str:
     """``"1 s,1 day"`` as a TOML list of time strings."""
@@ -202,6 +224,8 @@ def _parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="train again even if the checkpoint exists")
     p.add_argument("--train-only", action="store_true", help="stop after training (no chip study)")
+    p.add_argument("--time-steps", action="store_true",
+                   help="only time digital and hardware-aware training steps (seconds per step)")
     p.add_argument("--smoke", "--quick", action="store_true",
                    help="tiny network, generated text, 2 instances: the whole pipeline in seconds")
     return p
@@ -290,6 +314,9 @@ def main(argv=None) -> int:
     n = tokens.size
     train, valid, test = tokens[: int(0.9 * n)], tokens[int(0.9 * n): int(0.95 * n)], tokens[int(0.95 * n):]
     print(f"text: {source}, {n} characters, {len(alphabet)} + 1 tokens; train/valid/test 90/5/5 %", flush=True)
+    if args.time_steps:
+        print(json.dumps(time_steps(args, train)), flush=True)
+        return 0
     ckpt = out / "char_lstm.npz"
     if args.retrain or not ckpt.exists():
         train_checkpoint(args, key, train, valid, ckpt)

@@ -8,6 +8,7 @@ from flax import nnx
 
 import pcmjax as pj
 from pcmjax import nn as pnn
+from pcmjax.nn.recurrent import hold_weights
 
 CELLS = [nnx.LSTMCell, nnx.OptimizedLSTMCell, nnx.GRUCell, nnx.SimpleCell]
 
@@ -151,3 +152,60 @@ def test_mvm_count_of_a_cell_is_one_per_time_step(by_hand):
     layout = pnn.plan(analog, pj.ChipConfig())
     counts = pnn.layer_mvms(analog, layout, X.shape[1:])
     assert counts == {"head": 1.0, "rnn" if by_hand else "rnn/cell": float(X.shape[1])}
+
+
+def _constant_input_net(by_hand):
+    """A cell without recurrent weights fed the same input at every step: any difference
+    between its steps' pre-activations comes from the HWA noise alone."""
+    model = SeqNet(nnx.SimpleCell, by_hand=by_hand, rngs=nnx.Rngs(0), activation_fn=lambda v: v)
+    cell = model.rnn if by_hand else model.rnn.cell
+    cell.dense_h.kernel[...] = jnp.zeros((12, 12))
+    x = jnp.broadcast_to(X[:, :1], X.shape)
+    analog = pnn.convert(model, data=x)
+    return analog, analog.rnn if by_hand else analog.rnn.cell, x
+
+
+def _step_outputs(analog, cell, x, by_hand):
+    if not by_hand:
+        return np.asarray(analog.rnn(x))
+    carry = cell.initialize_carry(x[:, 0].shape, nnx.Rngs(carry=0))
+    ys = []
+    for t in range(x.shape[1]):
+        carry, y = cell(carry, x[:, t])
+        ys.append(y)
+    return np.asarray(jnp.stack(ys, axis=1))
+
+
+@pytest.mark.parametrize("by_hand", [False, True])
+def test_hwa_weight_noise_is_drawn_once_per_sequence(by_hand):
+    """Drift and 1/f noise only (no read noise, no quantisation; no programming noise, which
+    would make the zero recurrent weights nonzero): through AnalogRNN, or by hand inside
+    hold_weights, every step computes with the same perturbed weights."""
+    analog, cell, x = _constant_input_net(by_hand)
+    cfg = pj.HWAConfig.off().replace(drift_time=(1.0, 3.15e7))
+    pnn.set_mode(analog, "hwa", hwa=cfg)
+    analog.eval()
+    ref = np.asarray(x[:, 0] @ cell.dense_i.kernel[...] + cell.dense_i.bias[...])
+    if by_hand:
+        with hold_weights(cell, jax.random.key(9)):
+            y = _step_outputs(analog, cell, x, by_hand)
+    else:
+        y = _step_outputs(analog, cell, x, by_hand)
+    scale = np.abs(ref).max()
+    assert np.abs(y[:, 0] - ref).max() > 1e-3 * scale  # the weights are perturbed ...
+    np.testing.assert_allclose(y, np.broadcast_to(y[:, :1], y.shape), atol=1e-5 * scale)  # ... the same at every step
+    y2 = _step_outputs(analog, cell, x, by_hand) if not by_hand else None
+    if y2 is not None:  # the next sequence (forward call) draws new weights
+        assert np.abs(y2[:, 0] - y[:, 0]).max() > 1e-3 * scale
+    else:  # outside hold_weights a hand-stepped cell draws new weights at every step
+        y2 = _step_outputs(analog, cell, x, by_hand)
+        assert np.all(np.abs(y2[:, 1:] - y2[:, :-1]).max(axis=(0, 2)) > 1e-3 * scale)
+
+
+def test_hwa_output_noise_is_fresh_at_every_step():
+    analog, cell, x = _constant_input_net(False)
+    pnn.set_mode(analog, "hwa", hwa=pj.HWAConfig.off().replace(out_noise=0.04))
+    analog.eval()
+    y = _step_outputs(analog, cell, x, False)
+    scale = np.abs(y).max()
+    assert np.all(np.abs(y[:, 1:] - y[:, :-1]).max(axis=(0, 2)) > 1e-3 * scale)

@@ -133,29 +133,48 @@ def input_statistic(x, cfg: HWAConfig):
     return jnp.quantile(a, cfg.input_scale_quantile)
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def hwa_matmul(key, x, kernel, input_scale, cfg: HWAConfig):
-    """``x @ kernel`` as the chip computes it, with the HWA perturbations of ``cfg``.
+def hwa_weights(key, kernel, cfg: HWAConfig):
+    """The weights the chip holds for one forward pass: clipped, normalised, perturbed.
+
+    The perturbation (programming noise, drift to a sampled time, 1/f noise, GDC) is a
+    property of the programmed devices, so it is drawn once per forward pass; a
+    recurrent cell reuses it at every time step (:func:`hwa_read`).
 
     Args:
       key: a ``jax.random`` key.
-      x: ``[batch, in]`` inputs.
       kernel: ``[in, out]`` weights.
+      cfg: :class:`HWAConfig`.
+
+    Returns:
+      ``(wn, w_max)``: the perturbed normalised weights ``[in, out]`` (gradient: that of
+      ``kernel / w_max``) and the scalar weight scale ``w_max``.
+    """
+    w = clip_kernel(kernel, cfg)
+    w_max = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(w)), _EPS))
+    wn = w / w_max
+    if cfg.prog_noise_scale > 0 or cfg.drift_time is not None:
+        wn = perturb_weights(key, wn, cfg)
+    return wn, w_max
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def hwa_read(key, x, wn, w_max, input_scale, cfg: HWAConfig):
+    """One read of weights from :func:`hwa_weights`: input quantisation, tiles, output noise, ADC.
+
+    Args:
+      key: a ``jax.random`` key (the output noise of this read).
+      x: ``[batch, in]`` inputs.
+      wn: ``[in, out]`` normalised (perturbed) weights.
+      w_max: scalar weight scale (``kernel ≈ wn · w_max``).
       input_scale: positive scalar; ``x / input_scale`` is what the PWM encodes.
       cfg: :class:`HWAConfig`.
 
     Returns:
       ``[batch, out]`` in the units of ``x @ kernel``.
     """
-    k_w, k_out = jax.random.split(key)
     s = jnp.maximum(jax.lax.stop_gradient(input_scale), _EPS)
     xs = x / s
     xq = quantize_symmetric(xs, _levels(cfg.pwm_bits)) if cfg.pwm_bits else jnp.clip(xs, -1.0, 1.0)
-    w = clip_kernel(kernel, cfg)
-    w_max = jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(w)), _EPS))
-    wn = w / w_max
-    if cfg.prog_noise_scale > 0 or cfg.drift_time is not None:
-        wn = perturb_weights(k_w, wn, cfg)
     n_in, n_out = wn.shape
     chunks = row_chunks(n_in, cfg.tile_rows)
     if len(chunks) == 1:
@@ -168,7 +187,28 @@ def hwa_matmul(key, x, kernel, input_scale, cfg: HWAConfig):
         p = jnp.einsum("brc,rco->rbo", xr, wr)  # one partial sum per row tile
     if cfg.out_noise > 0:
         ref = jax.lax.stop_gradient(jnp.max(jnp.abs(p))) if cfg.out_noise_mode == "relative" else 1.0
-        p = p + cfg.out_noise * ref * _random.normal(k_out, p.shape)
+        p = p + cfg.out_noise * ref * _random.normal(key, p.shape)
     if cfg.adc_bits:
         p = quantize_symmetric(p / cfg.out_bound, _levels(cfg.adc_bits)) * cfg.out_bound
     return jnp.sum(p, axis=0) * (s * w_max)
+
+
+@partial(jax.jit, static_argnames=("cfg",))
+def hwa_matmul(key, x, kernel, input_scale, cfg: HWAConfig):
+    """``x @ kernel`` as the chip computes it, with the HWA perturbations of ``cfg``.
+
+    Weights drawn by :func:`hwa_weights`, read once by :func:`hwa_read`.
+
+    Args:
+      key: a ``jax.random`` key.
+      x: ``[batch, in]`` inputs.
+      kernel: ``[in, out]`` weights.
+      input_scale: positive scalar; ``x / input_scale`` is what the PWM encodes.
+      cfg: :class:`HWAConfig`.
+
+    Returns:
+      ``[batch, out]`` in the units of ``x @ kernel``.
+    """
+    k_w, k_out = jax.random.split(key)
+    wn, w_max = hwa_weights(k_w, kernel, cfg)
+    return hwa_read(k_out, x, wn, w_max, input_scale, cfg)

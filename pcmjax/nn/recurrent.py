@@ -14,14 +14,22 @@ the digital units. A GRU's candidate gate needs its recurrent part apart
 ``[0; W_hn]`` beside ``[W_in; 0]``.
 
 A time step is one MVM on the same programmed cores; in ``"chip"`` mode each call folds
-the cell's step counter into the read key, so every step draws fresh read noise. Use
+the cell's step counter into the read key, so every step draws fresh read noise. In
+``"hwa"`` mode likewise: :class:`AnalogRNN` draws the cell's perturbed weights
+(programming noise, drift, 1/f noise: :func:`pcmjax.nn.hwa.hwa_weights`) once per
+forward call and every step reads them with fresh output noise and quantisation
+(:func:`pcmjax.nn.hwa.hwa_read`); a cell stepped by hand does the same inside
+``with hold_weights(cell, key):``, and outside it draws new weights at every step. Use
 the cells through ``nnx.RNN`` (converted to :class:`AnalogRNN`, which also records the
 per-step outputs for calibration) or step them by hand in a Python loop or ``nnx.scan``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +39,38 @@ from pcmjax import _streams
 from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
 from pcmjax.nn.general import _peek_key
+from pcmjax.nn.hwa import hwa_read, hwa_weights
 from pcmjax.nn.layers import AnalogLayer
+
+# HWA weights held for a sequence: {cell uid: (wn, w_max)}. A scan's body runs on a copy
+# of the cell, so cells are matched by a static id that copies keep.
+_HELD: contextvars.ContextVar = contextvars.ContextVar("pcmjax_nn_held_weights", default=None)
+_UIDS = itertools.count()
+
+
+@contextlib.contextmanager
+def hold_weights(model, key):
+    """Within the block, every analog cell of ``model`` in ``"hwa"`` mode reads one draw of its weights.
+
+    The HWA weight perturbation (programming noise, drift, 1/f noise) models the devices
+    a sequence is computed on, which are the same at every time step; only the output
+    noise and quantisation of each read are drawn per step. :class:`AnalogRNN` holds its
+    cell's weights this way for every forward call.
+
+    Args:
+      model: an analog cell or a module containing analog cells.
+      key: a ``jax.random`` key, or ``None`` to take one from each cell's ``hwa`` stream.
+    """
+    held = dict(_HELD.get() or {})
+    cells = [m for _, m in nnx.iter_modules(model) if isinstance(m, _AnalogCell) and m.mode == "hwa"]
+    for j, cell in enumerate(cells):
+        k = cell.rngs.hwa() if key is None else jax.random.fold_in(key, j)
+        held[cell.cell_uid] = hwa_weights(k, cell.matrix(), cell.hwa)
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
 
 
 class StepCount(nnx.Variable):
@@ -85,6 +124,7 @@ class _AnalogCell(AnalogLayer):
         self.rngs = nnx.Rngs(hwa=jax.random.fold_in(kernel_key, _streams.HWA),
                              carry=jax.random.fold_in(kernel_key, _streams.CARRY))
         self.step_count = StepCount(jnp.zeros((), jnp.uint32))
+        self.cell_uid = next(_UIDS)  # static: matches held HWA weights inside a scan (hold_weights)
 
     def _groups(self) -> list:
         """Column groups in gate order: ``(x_ref, h_ref)``, each ``(variable, columns)`` or ``None``."""
@@ -116,6 +156,11 @@ class _AnalogCell(AnalogLayer):
                 _write(h_ref, m[n_in:, :, k])
 
     def _analog_matmul(self, x2d, rngs):
+        held = (_HELD.get() or {}).get(self.cell_uid) if self.mode == "hwa" else None
+        if held is not None:  # this sequence's weights, a fresh read
+            key = rngs.hwa() if isinstance(rngs, nnx.Rngs) else self.rngs.hwa() if rngs is None else rngs
+            scale = self._input_range(x2d) if hasattr(self, "_input_range") else self.effective_input_scale()
+            return hwa_read(key, x2d, *held, scale, self.hwa)
         if self.mode != "chip":
             return super()._analog_matmul(x2d, rngs)
         ctx = _context._CTX.get()
@@ -223,13 +268,8 @@ class AnalogLSTMCell(_LSTMStep, _AnalogCell, nnx.LSTMCell):
 class AnalogOptimizedLSTMCell(_LSTMStep, _AnalogCell, nnx.OptimizedLSTMCell):
     """``nnx.OptimizedLSTMCell`` on the chip (its ``[in, 4h]`` and ``[h, 4h]`` kernels, gates interleaved).
 
-    Args:
-      in_features: size of the input ``x``.
-      hidden_features: size of the hidden state ``h``.
-      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
-      mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
-      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
-      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
+
+    Args: as :class:`AnalogLSTMCell` (``**kwargs``: further arguments of the Flax cell).
     """
 
     _flax_cls = nnx.OptimizedLSTMCell
@@ -246,13 +286,8 @@ class AnalogOptimizedLSTMCell(_LSTMStep, _AnalogCell, nnx.OptimizedLSTMCell):
 class AnalogGRUCell(_AnalogCell, nnx.GRUCell):
     """``nnx.GRUCell`` on the chip: column groups ``r``, ``z``, ``[W_in; 0]`` and ``[0; W_hn]``.
 
-    Args:
-      in_features: size of the input ``x``.
-      hidden_features: size of the hidden state ``h``.
-      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
-      mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
-      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
-      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
+
+    Args: as :class:`AnalogLSTMCell` (``**kwargs``: further arguments of the Flax cell).
     """
 
     _flax_cls = nnx.GRUCell
@@ -276,13 +311,8 @@ class AnalogGRUCell(_AnalogCell, nnx.GRUCell):
 class AnalogSimpleCell(_AnalogCell, nnx.SimpleCell):
     """``nnx.SimpleCell`` on the chip: ``[x, h] @ [[W_i], [W_h]]``.
 
-    Args:
-      in_features: size of the input ``x``.
-      hidden_features: size of the hidden state ``h``.
-      rngs: ``nnx.Rngs`` (the ``params`` stream initialises the kernels and biases).
-      mode: ``"digital"``, ``"hwa"`` or ``"chip"``.
-      hwa: :class:`HWAConfig` used in ``"hwa"`` mode (default ``HWAConfig()``).
-      **kwargs: further arguments of the Flax cell (``gate_fn``, ``kernel_init``, ...).
+
+    Args: as :class:`AnalogLSTMCell` (``**kwargs``: further arguments of the Flax cell).
     """
 
     _flax_cls = nnx.SimpleCell
@@ -338,6 +368,10 @@ class AnalogRNN(nnx.RNN):
         return new
 
     def __call__(self, inputs, **kwargs):
+        with hold_weights(self.cell, None):  # one HWA weight draw per sequence (no-op in other modes)
+            return self._run(inputs, **kwargs)
+
+    def _run(self, inputs, **kwargs):
         ctx = _context._CTX.get()
         if ctx is None or ctx.outputs is None:
             return super().__call__(inputs, **kwargs)
@@ -359,4 +393,4 @@ CELLS = {nnx.LSTMCell: AnalogLSTMCell, nnx.OptimizedLSTMCell: AnalogOptimizedLST
          nnx.SimpleCell: AnalogSimpleCell}
 
 __all__ = ["AnalogLSTMCell", "AnalogOptimizedLSTMCell", "AnalogGRUCell", "AnalogSimpleCell", "AnalogRNN",
-           "StepCount", "CELLS"]
+           "StepCount", "CELLS", "hold_weights"]
