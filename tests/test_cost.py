@@ -74,6 +74,30 @@ def test_several_chips_and_empty():
     assert e["latency_ns"] == 0 and e["tops"] == 0 and e["tops_per_w"] == 0 and not math.isnan(e["utilisation"])
 
 
+def test_shared_cores_by_hand():
+    # a (100x50, 4 MVMs) and b (100x50, 9 MVMs) share core 0; c (256x256, 1 MVM) has core 1.
+    shared = [cost.LayerCost("a", 100, 50, 4.0, cores=(0,)), ("b", 100, 50, 9.0, 1, (0,)),
+              cost.LayerCost("c", 256, 256, 1.0, cores=(1,))]
+    alone = [cost.LayerCost("a", 100, 50, 4.0), cost.LayerCost("b", 100, 50, 9.0), cost.LayerCost("c", 256, 256)]
+    s, a = cost.network_cost(shared, read_phases=4), cost.network_cost(alone, read_phases=4)
+    assert (s["cores_used"], s["shared_cores"], a["cores_used"], a["shared_cores"]) == (2, 1, 3, 0)
+    for c in (s, a):  # the layers run in sequence and each MVM costs one core-MVM either way
+        assert c["latency_ns"] == pytest.approx(14 * 520)
+        assert c["energy_uj"] == pytest.approx(14 * 3.38 / 64)
+        assert c["core_mvms_per_inference"] == 14
+    ops = 2 * (4 * 5000 + 9 * 5000 + 65536)
+    assert s["ops"] == a["ops"] == pytest.approx(ops)
+    # Pipelined: core 0 runs a and b in turn (13 MVMs); alone, b's 9 MVMs set the rate.
+    assert s["throughput_ips"] == pytest.approx(1e9 / (13 * 520))
+    assert a["throughput_ips"] == pytest.approx(1e9 / (9 * 520))
+    assert s["utilisation"] == pytest.approx((2 * 5000 + 65536) / (2 * 65536))
+    assert s["tops_per_mm2"] == pytest.approx(ops / (14 * 520e-9) / 1e12 / (2 * 0.635))
+    assert a["tops_per_mm2"] == pytest.approx(ops / (14 * 520e-9) / 1e12 / (3 * 0.635))
+    assert [p["cores"] for p in s["layers"]] == [1, 1, 1]
+    with pytest.raises(ValueError, match=r"cores must hold one core label per tile \(1\)"):
+        cost.LayerCost("x", 3, 3, cores=(0, 1))
+
+
 def test_from_layout_duck_typed():
     class LP:
         def __init__(self, name, shape, n_tiles):
