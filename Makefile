@@ -23,8 +23,12 @@ $(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/pcmjax study
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each test file on one of them so that
+# a file's fixtures are built once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The site goes to build/site. Notebooks run once and are kept in build/notebooks/ (`make test`
 # keeps them too); PCMJAX_DOCS_EXECUTE=0 builds without running any (pages without outputs).
