@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pcmjax.chip.read import make_read
+from pcmjax.chip.read import make_read, uniform_reference
 from pcmjax.config import ChipConfig, CompensationMode
 
 # A column whose reference reading is below this many counts gets the core's global ratio.
@@ -96,9 +96,8 @@ def reference_read(key, w, var, adc: dict, cfg: ChipConfig, g_target=None):
     else:
         if kind == "set_devices":  # the devices that hold weight only: RESET partners read nothing
             w, var = jnp.where(g_target > 0, w, 0.0), jnp.where(g_target > 0, var, 0.0)
-        amplitude = jnp.float32(cfg.gdc_input * cfg.adc.full_scale)
-        x = jnp.where(rows, amplitude, 0.0)[:, None, :]  # undriven rows carry no charge
-        ref = make_read(cfg, "reference")(key, x, w, var, adc)[:, 0]
+        # the same amplitude on every mapped row; undriven rows carry no charge
+        ref = uniform_reference(key, cfg, cfg.gdc_input * cfg.adc.full_scale, rows, w, var, adc)
     return ref if cols is None else jnp.where(cols, ref, 0.0)
 
 

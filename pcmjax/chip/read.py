@@ -114,19 +114,52 @@ def _per_column(v, ndim: int):
 
 def _make_convert(cfg: ChipConfig):
     """ADC conversions of the charges ``einsum(spec, q, w)`` (or ``spec(q, w)``), one per output element."""
-    a = cfg.adc.counts_per_unit(cfg.rows)
-    need_noise = cfg.read_noise or cfg.adc.noise_std > 0
 
     def convert(key, spec, q, w, var, adc):
         contract = (lambda a, b: jnp.einsum(spec, a, b)) if isinstance(spec, str) else spec
-        s = contract(q, w)
-        gain = _per_column(a * adc["gain"], s.ndim)
-        u = gain * s + _per_column(adc["offset"], s.ndim)
-        if need_noise:
-            var_counts = jnp.zeros_like(s) + cfg.adc.noise_std**2
-            if cfg.read_noise:
-                var_counts = var_counts + gain**2 * contract(q * q, var)
-            u = u + jnp.sqrt(var_counts) * _random.normal(key, s.shape)
-        return adc_transfer(u, _per_column(adc["nonlin"], s.ndim), cfg.adc)
+        return _convert(cfg, key, contract(q, w), lambda: contract(q * q, var), adc)
 
     return convert
+
+
+def _convert(cfg: ChipConfig, key, s, read_variance, adc):
+    """Counts of the charges ``s``; ``read_variance()``: their per-read-noise variance (charge²)."""
+    gain = _per_column(cfg.adc.counts_per_unit(cfg.rows) * adc["gain"], s.ndim)
+    u = gain * s + _per_column(adc["offset"], s.ndim)
+    if cfg.read_noise or cfg.adc.noise_std > 0:
+        var_counts = jnp.zeros_like(s) + cfg.adc.noise_std**2
+        if cfg.read_noise:
+            var_counts = var_counts + gain**2 * read_variance()
+        u = u + jnp.sqrt(var_counts) * _random.normal(key, s.shape)
+    return adc_transfer(u, _per_column(adc["nonlin"], s.ndim), cfg.adc)
+
+
+def uniform_reference(key, cfg: ChipConfig, amplitude, rows, w, var, adc):
+    """The reference read of one uniform input: ``amplitude`` on the rows ``rows``, 0 elsewhere.
+
+    The same conversions as ``make_read(cfg, "reference")`` of that input (one per column
+    and polarity, the same normals), with the charge of each column written as the
+    encoded amplitude times the sum of its driven devices: a masked reduction over the
+    rows, one pass over the conductances and variances (as a product with the input
+    vector, XLA:CPU makes it a batch-1 matrix product and first copies every operand).
+    The sums are the same up to rounding (the order of the additions).
+
+    Args:
+      key: a ``jax.random`` key (per-read and ADC noise).
+      cfg: chip config.
+      amplitude: input amplitude in [0, 1] (scalar).
+      rows: ``[C, R]`` bool, the driven rows.
+      w, var: ``[C, 2, R, K]`` conductances and per-read variances, normalised.
+      adc: per-column ADC parameters (``gain``, ``offset``, ``nonlin``, ``offset_est``).
+
+    Returns:
+      ``[C, K]`` offset-corrected counts summed over the two polarities.
+    """
+    q = pwm_encode(jnp.asarray(amplitude, jnp.float32), cfg.pwm)
+    driven = rows[:, None, :, None]
+
+    def row_sum(a):
+        return jnp.sum(jnp.where(driven, a, 0.0), axis=2)  # [C, 2, K]
+
+    c2 = _convert(cfg, key, q * row_sum(w), lambda: (q * q) * row_sum(var), adc)
+    return jnp.sum(c2 - _per_column(adc["offset_est"], c2.ndim), axis=1)
