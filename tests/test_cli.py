@@ -144,10 +144,15 @@ T_MVM_NS = {1: 133.0, 4: 520.0}
 E_CORE_UJ = {1: 0.86 / 64, 4: 3.38 / 64}
 
 
-def _checkpoint(folder, arch, seed=0, name="net.npz", **info):
+def _checkpoint(folder, arch, seed=0, name="net.npz", measured=True, **info):
+    """An untrained network of ``arch`` saved with its input ranges (``measured``) or without."""
+    from pcmjax import nn as pnn
     from pcmjax.montecarlo import build_network, save_network
 
     model = build_network(arch, seed=seed)
+    if measured:
+        shape = (arch["in_features"],) if arch["kind"] == "mlp" else (arch["image_size"],) * 2 + (arch["in_features"],)
+        pnn.set_input_scales(model, np.random.default_rng(seed).uniform(0, 1, (8, *shape)).astype(np.float32))
     return save_network(folder / name, model, arch, **info), model
 
 
@@ -303,6 +308,21 @@ def test_info_config_takes_the_study_network_and_output(tmp_path, network_study,
     monkeypatch.chdir(tmp_path)
     assert cli.main(["info", "--config", str(sub / "s.toml"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] is None
+
+def test_study_of_a_checkpoint_without_input_ranges_says_how_to_measure_them(tmp_path, capsys):
+    path, _ = _checkpoint(tmp_path, MLP, measured=False)
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.uniform(0, 1, (16, 8)).astype(np.float32), y=rng.integers(0, 10, 16))
+    study = tmp_path / "s.toml"
+    study.write_text(f'[study]\ninstances = 2\ntimes = ["1 s"]\n[workload]\ncheckpoint = "{path.name}"\n'
+                     f'dataset = "{data.name}"\n[chip]\nn_cores = 4\n')
+    assert cli.main(["study", "--config", str(study), "-o", str(tmp_path / "o"), "--no-compile-cache"]) == 2
+    err = capsys.readouterr().err
+    for needle in ("[workload]", "net.npz", "['layers/0', 'layers/1'] have no input range",
+                   "pcmjax.nn.measure_input_ranges", "save_network"):
+        assert needle in err, (needle, err)
+
 
 def test_info_network_bad_input(tmp_path, capsys):
     from pcmjax.montecarlo import Results
