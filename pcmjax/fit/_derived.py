@@ -8,6 +8,7 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from pcmjax.fit import _params
+from pcmjax.fit._compile import FastJit
 
 
 def folded_mean(mu, sigma):
@@ -34,15 +35,8 @@ def mean_drift(result, g_target):
     entries = [_params.Entry(*_split(n), st) for n, st in zip(result.names, result.stages)]
     with jax.enable_x64(True):
         base = _params.as_float64(result.model)
-
-        def f(theta):
-            m = _params.with_values(base, entries, theta)
-            mu, sig = m.nu_moments(jnp.asarray(g))
-            return folded_mean(mu * m.drift_scale, sig * jnp.abs(m.drift_scale))
-
-        theta = jnp.asarray(result.values, jnp.float64)
-        value = np.asarray(f(theta))
-        J = np.asarray(jax.jacfwd(f)(theta))
+        value, J = (np.asarray(a) for a in _mean_and_jacobian(base, np.asarray(result.values, np.float64), g,
+                                                              entries=tuple(entries)))
     known = np.isfinite(np.diag(result.cov))
     cov = np.where(np.outer(known, known), result.cov, 0.0)
     var = np.einsum("lp,pq,lq->l", J, cov, J)
@@ -59,9 +53,27 @@ def mean_drift(result, g_target):
     return value, se
 
 
+def _mean_of(model, g):
+    """``E[ν]`` of ``model`` at ``g`` ``[L]`` (µS), drift scale included: ``[L]``."""
+    mu, sig = model.nu_moments(g)
+    return folded_mean(mu * model.drift_scale, sig * jnp.abs(model.drift_scale))
+
+
+def _value_and_jacobian(base, theta, g, entries):
+    """``E[ν]`` at ``g`` with the ``entries`` of ``base`` set to ``theta`` ``[P]``, and
+    its Jacobian: ``([L], [L, P])``."""
+    f = lambda th: _mean_of(_params.with_values(base, entries, th), g)  # noqa: E731
+    return f(theta), jax.jacfwd(f)(theta)
+
+
+# Compiled once per model structure and set of entries (called per fit, per alternative
+# configuration and per probed entry: op-by-op dispatch would dominate a small fit).
+_mean_and_jacobian = FastJit(_value_and_jacobian, static_argnames=("entries",))
+_mean_compiled = FastJit(_mean_of)
+
+
 def _model_mean(model, g):
-    mu, sig = model.nu_moments(jnp.asarray(g))
-    return np.asarray(folded_mean(mu * model.drift_scale, sig * jnp.abs(model.drift_scale)), np.float64)
+    return np.asarray(_mean_compiled(model, np.asarray(g)), np.float64)
 
 
 def _moved(model, names, g, v) -> np.ndarray:
