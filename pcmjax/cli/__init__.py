@@ -15,7 +15,10 @@
 
 Progress and messages go to stderr, the summary table to stdout. Compiled programs are
 cached in ``$PCMJAX_CACHE/xla`` (default ``~/.cache/pcmjax/xla``), so a second run of
-the same study (for instance after an interruption) skips most of the compilation.
+the same study (for instance after an interruption) skips the compilation; the study's
+``run.json`` says what the cache served (``compile_cache``: ``requests``, ``hits``).
+``PCMJAX_COMPILE_CACHE=DIR`` puts the cache elsewhere, ``PCMJAX_COMPILE_CACHE=0`` (or
+``pcmjax study --no-compile-cache``) turns it off.
 
 One module per subcommand (``_study``, ``_results``, ``_info`` with ``_network_info``,
 ``_fit``, ``_template`` for ``study --print-config``), each ``run(args) -> exit status``;

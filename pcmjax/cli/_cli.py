@@ -51,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--coordinator", metavar="HOST:PORT", help="with --distributed: address of process 0")
     s.add_argument("--num-processes", type=_positive_int, help="with --distributed: number of processes")
     s.add_argument("--process-id", type=int, help="with --distributed: this process's index, 0 … N-1")
-    s.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache")
+    s.add_argument("--no-compile-cache", action="store_true", help="do not use the persistent compilation cache "
+                   "(default: on, in $PCMJAX_CACHE/xla or ~/.cache/pcmjax/xla; PCMJAX_COMPILE_CACHE=DIR moves it, "
+                   "PCMJAX_COMPILE_CACHE=0 turns it off)")
 
     r = sub.add_parser("results", help="print the summary table of a study's output folder (finished or "
                        "interrupted)")

@@ -29,8 +29,9 @@ def _join_distributed(args) -> None:
 def run(args) -> int:
     """Run the study of ``args.config`` (default: the embedded study); print its table."""
     _join_distributed(args)
-    if not args.no_compile_cache:
-        mc.enable_compilation_cache()
+    cache = None if args.no_compile_cache else mc.default_compile_cache()
+    if cache is not None:
+        mc.enable_compilation_cache(cache)
     overrides = {"instances": args.instances, "seed": args.seed, "output": args.output,
                  "chunk_size": args.chunk_size, "memory_budget": args.memory_budget, "devices": args.devices,
                  "vmap_width": args.vmap_width}

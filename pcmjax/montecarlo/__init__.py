@@ -17,14 +17,14 @@ calibrated). :func:`run_study` writes per-chunk files so an interrupted run cont
 where it stopped, then ``results.npz``, ``summary.json``/``.csv`` and figures.
 """
 
-from pcmjax.montecarlo._cache import cache_dir
+from pcmjax.montecarlo._cache import cache_dir, default_compile_cache, enable_compilation_cache
 from pcmjax.montecarlo._chunks import choose_chunk, make_mesh
 from pcmjax.montecarlo._programs import instance_function
 from pcmjax.montecarlo.checkpoints import build_network, default_network, load_network, save_network
 from pcmjax.montecarlo.config import ConfigError, StudyConfig, default_study, load_study_file, study_from_dict
 from pcmjax.montecarlo.network import NetworkWorkload
 from pcmjax.montecarlo.results import Results, load_results
-from pcmjax.montecarlo.runner import enable_compilation_cache, init_distributed, run_study
+from pcmjax.montecarlo.runner import init_distributed, run_study
 from pcmjax.montecarlo.store import StudyMismatchError
 from pcmjax.montecarlo.study import DAY, HOUR, MINUTE, MONTH, WEEK, YEAR, Study, format_time, log_times
 from pcmjax.montecarlo.variant import DEFAULT_VARIANTS, ResolvedVariant, Variant
@@ -35,6 +35,7 @@ __all__ = [
     "Results", "load_results", "StudyMismatchError", "log_times", "format_time", "make_mesh", "choose_chunk",
     "instance_function", "relative_error", "fit_column_affine", "enable_compilation_cache", "init_distributed",
     "NetworkWorkload",
-    "build_network", "save_network", "load_network", "default_network", "cache_dir", "ConfigError", "StudyConfig",
+    "build_network", "save_network", "load_network", "default_network", "cache_dir", "default_compile_cache",
+    "ConfigError", "StudyConfig",
     "default_study", "load_study_file", "study_from_dict", "MINUTE", "HOUR", "DAY", "WEEK", "MONTH", "YEAR",
 ]

@@ -50,11 +50,11 @@ from jax.sharding import Mesh
 from pcmjax import plots as study_plots
 from pcmjax._validate import check_bool, check_instance, check_int
 from pcmjax.chip.state import times_checked_before_tracing
-from pcmjax.montecarlo import _memory
-from pcmjax.montecarlo._cache import cache_dir
+from pcmjax.montecarlo import _executor, _memory
+from pcmjax.montecarlo._cache import CacheEvents, ProgramStore, compile_cache_folder
 from pcmjax.montecarlo._chunks import AXIS, choose_chunk, layout_chunk, make_mesh
 from pcmjax.montecarlo._executor import MeshExecutor
-from pcmjax.montecarlo._programs import HIST_BINS, device_function, histogram_edges, instance_function
+from pcmjax.montecarlo._programs import HIST_BINS, device_function, histogram_edges
 from pcmjax.montecarlo._progress import Progress
 from pcmjax.montecarlo.results import Results
 from pcmjax.montecarlo.store import RunFolder, atomic_write_bytes, atomic_write_text
@@ -78,15 +78,6 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
     kwargs = {k: v for k, v in (("coordinator_address", coordinator), ("num_processes", num_processes),
                                 ("process_id", process_id)) if v is not None}
     jax.distributed.initialize(**kwargs)
-
-
-def enable_compilation_cache(path=None) -> str:
-    """Cache compiled programs on disk (``$PCMJAX_CACHE/xla`` by default), so that running
-    or resuming the same study again skips most of the compilation. Returns the folder."""
-    folder = str(cache_dir() / "xla" if path is None else path)
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    return folder
 
 
 def _host(x):
@@ -139,8 +130,39 @@ def _resolve(study: Study, output, devices, quiet: bool, histogram_instances: in
 
 
 # -- run chunks ---------------------------------------------------------------------
+def _program_store(run: _Run):
+    """The on-disk store of compiled study programs, when it applies: the compilation
+    cache is on and the run uses one device of one process (``None`` otherwise)."""
+    folder = compile_cache_folder()
+    if folder is None or jax.process_count() > 1 or run.mesh.devices.size != 1:
+        return None
+    return ProgramStore(folder, f"{run.study.hash()};{run.histogram_instances}")
+
+
+def _build(run: _Run, store, args, per_device, width: int, batch: int, per_instance: int):
+    """The mesh executor of ``per_device`` (compiled, from the program store or JAX's
+    compilation cache); records what the caches served in ``run.info["compile_cache"]``."""
+    program_key = (run.study.hash(), width, run.histogram_instances)
+    device = run.mesh.devices.flat[0]
+    loaded = None if store is None else store.load(width, device)
+    if loaded is not None:  # the executor finds it among the programs compiled in this process
+        _executor._remember((program_key, batch // run.mesh.devices.size), device, loaded)
+    with CacheEvents() as cache:
+        run_call = MeshExecutor(per_device, run.mesh, args, batch, AXIS, program_key=program_key)
+    stored = "off" if store is None else "hit" if loaded is not None else "miss"
+    if stored == "miss" and run_call.compiled_here and not cache.hits:  # freshly compiled: keep it
+        stored = "saved" if store.save(width, run_call.execs[device], per_instance) else "miss"
+    run.info["compile_cache"] = {**cache.summary(), "program_store": stored}
+    return run_call
+
+
 def _compile(run: _Run, chunk_size, budget: int, vmap_width):
     """Size the chunks from the memory budget and compile the per-device program.
+
+    The program is traced once: the memory estimate walks the jaxpr of the one-instance
+    program (``width`` 1), and compiling that width reuses the same trace (JAX caches it
+    by function and argument types); another width traces its own program. A program
+    from the program store (:class:`ProgramStore`) needs no tracing at all.
 
     Returns:
       ``(run_call, chunk size, batch of one call, vmap width)``.
@@ -150,10 +172,13 @@ def _compile(run: _Run, chunk_size, budget: int, vmap_width):
     n_local = sum(1 for d in run.mesh.devices.flat if d.process_index == jax.process_index())
     t0 = time.perf_counter()
     data = study.workload.data()
-    seed = np.uint32(study.seed)
-    times = np.asarray(study.times, np.float32)
-    per_instance = _memory.estimate_peak_bytes(instance_function(study), data, study.device, seed, times,
-                                               np.int32(0))
+    args = (data, study.device, np.uint32(study.seed), np.asarray(study.times, np.float32))
+    store = _program_store(run)
+    per_device = device_function(study, 1, run.histogram_instances)
+    per_instance = None if store is None else store.estimate()
+    if per_instance is None:
+        traced = jax.jit(per_device).trace(*args, np.zeros((1,), np.int32))
+        per_instance = _memory.jaxpr_peak_bytes(traced.jaxpr)
     info["prepare_s"] = time.perf_counter() - t0
     if vmap_width is None and run.manifest.get("vmap_width"):
         vmap_width = int(run.manifest["vmap_width"])  # resume bit-identically
@@ -166,15 +191,20 @@ def _compile(run: _Run, chunk_size, budget: int, vmap_width):
     log(f"  running:  {run.todo.size} instances in chunks of {per_chunk} ({width} at once on each of {n_dev} "
         f"{jax.default_backend()} device(s)); ~{_memory.format_bytes(per_instance)} per instance, "
         f"budget {_memory.format_bytes(budget)}")
-    per_device = device_function(study, width, run.histogram_instances)
+    if width != 1:
+        per_device = device_function(study, width, run.histogram_instances)
     t0 = time.perf_counter()
     info["compile_started_unix"] = time.time()  # start-up of a process = this − its start
+    info["compile_started_cpu_s"] = time.process_time()  # this process's CPU time so far
     log(f"  compiling {len(study.variants)} variant(s) × {len(study.times)} time(s) ...")
-    run_call = MeshExecutor(per_device, run.mesh, (data, study.device, seed, times), batch, AXIS,
-                            program_key=(study.hash(), width, run.histogram_instances))
+    run_call = _build(run, store, args, per_device, width, batch, per_instance)
     info["compile_s"] = time.perf_counter() - t0
+    info["compile_cpu_s"] = time.process_time() - info["compile_started_cpu_s"]
     info["xla_memory_per_device"] = run_call.memory_bytes()
-    log(f"  compiled in {info['compile_s']:.1f} s")
+    cache = info["compile_cache"]
+    source = (" (compiled program from the program store)" if cache["program_store"] == "hit" else
+              " (from the compilation cache)" if cache["hits"] and cache["hits"] >= run_call.compiled_here else "")
+    log(f"  compiled in {info['compile_s']:.1f} s{source}")
     return run_call, per_chunk, batch, width
 
 
