@@ -192,7 +192,7 @@ class Layout:
         return "\n".join(lines)
 
     def _core_lines(self) -> list:
-        lines = ["", f"{'chip:core':<10} {'util.':>6}  {'block (rows, cols)':<24} {'tile of layer':<36}"]
+        lines = ["", f"{'chip:core':<10} {'util.':>6}  {'block (rows, cols)':<24} tile of layer"]
         area = self.core_rows * self.core_cols
         for core, entries in self.core_table().items():
             util = sum((r1 - r0) * (c1 - c0) for _, _, (r0, r1, c0, c1) in entries) / area
