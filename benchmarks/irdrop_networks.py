@@ -14,14 +14,23 @@ variants: ``"fixed_point"`` (the first-order expansion, one iteration) and ``"ex
    ``x W`` (relative Frobenius norm over 64 inputs), the same after one least-squares
    gain per column (what drift compensation and calibration of the digital unit can
    absorb), and the first-order model's distance from the exact one.
-2. Digits MLP 64-256-256-10 (``pcmjax.nn.MLP``, trained in float) deployed on HERMES
+2. Character LSTM (``benchmarks/char_lstm.py``'s network: fixed character vectors, one
+   ``nnx.LSTMCell``, a linear read-out) deployed on HERMES chips (``pj.ChipConfig()``)
+   with wire resistance: bits per character of next-character prediction one hour after
+   programming, mean ± std over ``--instances`` chip instances, for both models. The
+   model is the checkpoint of a ``char_lstm.py`` run (``--lstm-dir``: its output folder,
+   its test sequences) or, without one, a small LSTM trained here on ``char_lstm.py``'s
+   generated text (``--lstm-hidden`` units, ``--lstm-steps`` Adam steps), converted
+   without hardware-aware training.
+3. Digits MLP 64-256-256-10 (``pcmjax.nn.MLP``, trained in float) deployed on HERMES
    chips (``pj.ChipConfig()``: device noise, drift, ADC, global drift compensation) with
    wire resistance: test accuracy one hour after programming, mean ± std over
    ``--instances`` chip instances, for both models. The drift-compensation reference and
    the per-read noise see the same effective conductances as the signal.
 
 Usage: ``python benchmarks/irdrop_networks.py [--ohms 0.25,0.5,1,2,4] [--instances 3]
-[--epochs 40] [--skip-mlp] [--skip-resnet]``; prints markdown tables and one JSON line.
+[--epochs 40] [--lstm-dir DIR] [--skip-mlp] [--skip-resnet] [--skip-lstm]``; prints
+markdown tables and one JSON line.
 OpenBLAS is kept to one thread (its threads fight XLA's for the CPU otherwise).
 """
 
@@ -33,7 +42,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -47,6 +59,11 @@ from pcmjax.chip.parasitics import effective_conductances, kb, kw  # noqa: E402
 from pcmjax.config import ParasiticsConfig  # noqa: E402
 from pcmjax.data import load_digits  # noqa: E402
 from pcmjax.devices import HermesPCM  # noqa: E402
+from pcmjax.montecarlo.custom import prepare_network  # noqa: E402
+from pcmjax.nn.convert import convert  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import char_lstm  # noqa: E402  (benchmarks/char_lstm.py: the network, its text and its training)
 
 METHODS = ("fixed_point", "exact")
 HOUR = 3600.0
@@ -145,6 +162,77 @@ def _mlp_acc(model, cfg, keys, x, y):
     return dict(mean=float(acc.mean()), std=float(acc.std()), n=int(acc.size))
 
 
+def lstm_model(lstm_dir, hidden, steps, log, n_test=16, length=64):
+    """``(analog model, test tokens [N, T + 1], float bpc, description)`` of the character LSTM."""
+    if lstm_dir:
+        folder = Path(lstm_dir)
+        args = json.loads((folder / "char_lstm_summary.json").read_text())["args"]
+        fa = {k: args[k] for k in ("embed", "hidden", "seed")}
+        x = np.load(folder / "test.npz")["x"]
+        model = prepare_network(char_lstm.char_lstm(**fa), folder / "char_lstm.npz", x[:8])
+        what = f"char_lstm.py checkpoint {folder} (embed {fa['embed']}, {fa['hidden']} units)"
+    else:
+        key = jax.random.key(0)
+        tokens, _ = char_lstm.encode(char_lstm.generated_text(jax.random.fold_in(key, 7)))
+        split = int(0.9 * tokens.size)
+        net = char_lstm.char_lstm(embed=max(16, hidden // 2), hidden=hidden, seed=0)
+        if steps > 0:
+            char_lstm.train_lm(key, net, tokens[:split], steps=steps, batch=16, length=length, learning_rate=1e-2,
+                               log=None)
+        model = convert(net, data=jnp.asarray(char_lstm.sequences(tokens[:split], 32, length)))
+        x = char_lstm.sequences(tokens[split:], n_test, length + 1)
+        what = f"LSTM of {hidden} units trained here on generated text ({steps} steps)"
+    bpc = char_lstm.bits_per_char(model, x)
+    log(f"[lstm] {what}: float {bpc:.3f} bits/char on {x.shape[0]} x {x.shape[1] - 1} characters")
+    return model, jnp.asarray(x), bpc, what
+
+
+def _lstm_bpc(model, cfg, keys, x):
+    dep = pnn.deploy(model, None, cfg, program=False)
+    ident = pnn.identity_calibration(dep.layout)
+
+    def one(key):
+        k_p, k_t, k_r = jax.random.split(key, 3)
+        state = dep.program(k_p).at_time(k_t, HOUR)
+        logits = dep.apply(state, ident, k_r, x[:, :-1])
+        return optax_ce(logits, x[:, 1:]) / math.log(2.0)
+
+    bpc = np.asarray(jax.jit(jax.vmap(one))(keys))
+    return dict(mean=float(bpc.mean()), std=float(bpc.std()), n=int(bpc.size))
+
+
+def optax_ce(logits, labels):
+    """Mean cross-entropy (nats) of integer ``labels`` under ``logits``."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+
+
+def lstm_study(ohms, n_inst, log, lstm_dir=None, hidden=64, steps=600, cfg=None):
+    """Bits per character against wire resistance, first order and exact: ``(float bpc, what, rows)``."""
+    model, x, bpc_float, what = lstm_model(lstm_dir, hidden, steps, log)
+    cfg = pj.ChipConfig() if cfg is None else cfg
+    keys = jax.random.split(jax.random.key(2000), n_inst)
+    out = [dict(r_ohm=0.0, method="none", **_lstm_bpc(model, cfg, keys, x))]
+    log(f"[lstm] r = 0: {out[0]['mean']:.3f} ± {out[0]['std']:.3f} bits/char")
+    for r in ohms:
+        for m in METHODS:
+            t0 = time.perf_counter()
+            out.append(dict(r_ohm=r, method=m, **_lstm_bpc(
+                model, cfg.replace(parasitics=ParasiticsConfig(r, r, method=m)), keys, x)))
+            log(f"[lstm] r = {r} Ω, {m}: {out[-1]['mean']:.3f} ± {out[-1]['std']:.3f} bits/char "
+                f"({time.perf_counter() - t0:.1f} s)")
+    return bpc_float, what, out
+
+
+def _method_table(rows, ohms, fmt):
+    lines = ["| r (Ω) | first order | exact |", "|---|---|---|",
+             f"| 0 | {fmt(rows[0])} | (same) |"]
+    for r in ohms:
+        cell = {m: next(x for x in rows if x["r_ohm"] == r and x["method"] == m) for m in METHODS}
+        lines.append(f"| {r:g} | " + " | ".join(fmt(cell[m]) for m in METHODS) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ohms", default="0.25,0.5,1,2,4")
@@ -152,6 +240,10 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--skip-mlp", action="store_true")
     p.add_argument("--skip-resnet", action="store_true")
+    p.add_argument("--skip-lstm", action="store_true")
+    p.add_argument("--lstm-dir", help="output folder of a benchmarks/char_lstm.py run (its checkpoint, test data)")
+    p.add_argument("--lstm-hidden", type=int, default=64, help="units of the LSTM trained here (no --lstm-dir)")
+    p.add_argument("--lstm-steps", type=int, default=600, help="its training steps")
     a = p.parse_args(argv)
     ohms = [float(s) for s in a.ohms.split(",")]
     log = print
@@ -169,14 +261,14 @@ def main(argv=None):
         acc_float, rows = mlp_study(ohms, a.instances, a.epochs, log)
         print(f"\nDigits MLP, float {100 * acc_float:.2f} %; HERMES chips, 1 h after programming "
               f"({a.instances} instances):\n")
-        print("| r (Ω) | first order | exact |")
-        print("|---|---|---|")
-        print(f"| 0 | {100 * rows[0]['mean']:.2f} ± {100 * rows[0]['std']:.2f} | (same) |")
-        for r in ohms:
-            cell = {m: next(x for x in rows if x["r_ohm"] == r and x["method"] == m) for m in METHODS}
-            print(f"| {r:g} | " + " | ".join(f"{100 * cell[m]['mean']:.2f} ± {100 * cell[m]['std']:.2f}"
-                                             for m in METHODS) + " |")
+        print(_method_table(rows, ohms, lambda c: f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}"))
         result["mlp"] = dict(float=acc_float, rows=rows)
+    if not a.skip_lstm:
+        bpc_float, what, rows = lstm_study(ohms, a.instances, log, a.lstm_dir, a.lstm_hidden, a.lstm_steps)
+        print(f"\nCharacter LSTM ({what}), float {bpc_float:.3f} bits/char; HERMES chips, 1 h after "
+              f"programming ({a.instances} instances), bits per character:\n")
+        print(_method_table(rows, ohms, lambda c: f"{c['mean']:.3f} ± {c['std']:.3f}"))
+        result["lstm"] = dict(float=bpc_float, model=what, rows=rows)
     print(json.dumps(result))
     return result
 

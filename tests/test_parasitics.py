@@ -235,3 +235,29 @@ def test_chip_read_noise_goes_through_the_wires():
     ratio = np.where(phys > 0, np.clip(eff / np.where(phys > 0, phys, 1.0), 0, 1), 1.0)
     np.testing.assert_allclose(var, var_own * ratio**2, rtol=1e-4, atol=1e-12)
     assert np.max(var_own - var) > 0.05 * np.max(var_own)  # a visible attenuation
+
+
+def _irdrop_networks():
+    """``benchmarks/irdrop_networks.py`` as a module (it imports ``benchmarks/char_lstm.py``)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "irdrop_networks.py"
+    spec = importlib.util.spec_from_file_location("_irdrop_networks", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lstm_study_smoke_exact_wires():
+    # The LSTM study's pieces at CI size: a tiny LSTM trained on the generated text, on
+    # small cores with the exact solve at a wire resistance that drops most of the signal
+    # of the far rows. Independent expectations: training learns the text (below the
+    # uniform 5.6 bits of the 50-token read-out), and the chip can only lose information.
+    m = _irdrop_networks()
+    model, x, bpc_float, _ = m.lstm_model(None, hidden=16, steps=60, log=lambda *_: None, n_test=4, length=16)
+    assert bpc_float < np.log2(50) - 1.0
+    cfg = pj.ChipConfig(rows=32, cols=32).replace(parasitics=ParasiticsConfig(300.0, 300.0, method="exact"))
+    res = m._lstm_bpc(model, cfg, jax.random.split(jax.random.key(0), 1), x)
+    assert np.isfinite(res["mean"]) and res["n"] == 1
+    assert res["mean"] > bpc_float
