@@ -7,13 +7,26 @@ array is written as a SPICE netlist (drivers, wire segments, devices, ADC segmen
 ``transfer_pair`` (float32, the default) must agree within 1e-4 of the largest; the
 first-order model's error is shown beside it.
 
-Cost: the exact solve of 256×256 cores (and its gradient, forward and adjoint pass)
-against a full-chip MVM (einsum of ``[64, B, 256]`` by ``[64, 256, 256]``) measured in the
-same run; the exact solve is timed on ``--cores`` cores and scaled to 64 (cores are
-independent: the work is linear in their number). For the iterative alternative (conjugate
-gradients on the nodal system, preconditioned by the lines' tridiagonal blocks, with the
-``K`` ADC drives as a batch of right-hand sides) the run times the two pieces of one
-iteration on one core: the nodal operator and the preconditioner.
+Cost, all in the same run (wall and process CPU seconds; the CPU time is the steadier
+figure on a shared machine):
+
+1. the exact solve by each solver of :data:`pcmjax.chip.nodal.SOLVERS` (Cholesky with an
+   explicit inverse, Cholesky with triangular solves, LU) side by side, and its gradient,
+   timed on ``--cores`` 256×256 cores and scaled to 64 (cores are independent);
+2. per state, on the full chip (``ChipConfig()``, 64 cores, r = 1 Ω per pitch): the setup
+   ``state.at_time(key, t)`` (ageing, the transfer conductances, the compensation
+   reference read) with the exact wires and without wires;
+3. per read, on the same chip: ``pcmjax.mvm`` of a state whose transfer conductances exist,
+   with the exact wires and without (the same computation: the effective conductances
+   replace the devices'), and the bare ``einsum`` for scale, at each batch of ``--batches``;
+4. the break-even: reads of one state after which the exact circuit's cost per read,
+   ``setup / N + read``, is within 10× of a read without wires;
+5. ``program_chip`` against ``at_time`` with the exact wires on 2 cores (programming reads
+   the compensation reference and prepares the state at t = 0: two solves);
+6. for the iterative alternative (conjugate gradients on the nodal system, preconditioned
+   by the lines' tridiagonal blocks, with the ``K`` ADC drives as a batch of right-hand
+   sides) the two pieces of one iteration on one core: the nodal operator and the
+   preconditioner.
 
 OpenBLAS (LAPACK behind the LU and triangular solves) is kept to one thread: with its
 default threads it competes with XLA's own and, on a loaded CPU, the solve was 10-20×
@@ -22,7 +35,8 @@ slower (``OPENBLAS_NUM_THREADS`` set before anything loads it).
 ngspice is installed from the Debian package when missing (``apt-get install ngspice``).
 
 Usage: ``python benchmarks/bench_irdrop.py [--sizes 8,16,32,64] [--lams 0.1,1,3.5,10]
-[--cores 1] [--batches 64,256]``; prints a table and one JSON line.
+[--cores 1] [--chip-cores 64] [--batches 64,256] [--skip-accuracy] [--skip-cost]``;
+prints tables and one JSON line.
 """
 
 from __future__ import annotations
@@ -44,8 +58,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.lax.linalg import tridiagonal_solve  # noqa: E402
 
-from pcmjax.chip.nodal import transfer_pair  # noqa: E402
+import pcmjax as pj  # noqa: E402
+from pcmjax.chip.nodal import SOLVERS, transfer_pair  # noqa: E402
 from pcmjax.chip.parasitics import effective_pair  # noqa: E402
+from pcmjax.config import ParasiticsConfig  # noqa: E402
 
 
 def ensure_ngspice() -> str:
@@ -121,13 +137,25 @@ def accuracy(ngspice, sizes, lams, seed=0):
 
 
 def _time(fn, *args, repeat=3):
+    """Best ``(wall, process CPU)`` seconds of ``fn(*args)`` over ``repeat`` runs after a warm-up.
+
+    The CPU time (all threads) is the steadier figure on a shared machine: the wall time
+    of a run grows with the other processes' load, its CPU time much less."""
     jax.block_until_ready(fn(*args))
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
+def _time_once(fn, *args):
+    """``(wall, CPU, result)``: seconds of one run of ``fn`` compiled ahead (compile excluded)."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return time.perf_counter() - t0, time.process_time() - c0, out
 
 
 def _line_chain(g, gw, n):
@@ -166,24 +194,93 @@ def iteration_pieces(n=256, r=1.0):
     return _time(jax.jit(operator), u), _time(jax.jit(precondition), u)
 
 
-def cost(cores, batches, n=256, chip_cores=64):
-    key = jax.random.key(0)
-    g = jax.random.uniform(key, (cores, 2, n, n), maxval=20.0)
-    t_exact = _time(transfer_pair, g[:, 0], g[:, 1], 1.0, 1.0, repeat=1) * chip_cores / cores
-    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.square(transfer_pair(a, b, 1.0, 1.0)[0]))))
-    t_grad = _time(grad, g[:, 0], g[:, 1], repeat=1) * chip_cores / cores
-    mvm = jax.jit(lambda x, w: jnp.einsum("cbr,crk->cbk", x, w))
-    w = jax.random.normal(key, (chip_cores, n, n))
-    t_op, t_prec = iteration_pieces(n)
-    out = dict(cores_timed=cores, t_exact_chip_s=t_exact, t_exact_grad_chip_s=t_grad,
-               t_cg_operator_core_s=t_op, t_cg_preconditioner_core_s=t_prec,
-               t_exact_core_s=t_exact / chip_cores)
-    for b in batches:
-        x = jax.random.normal(key, (chip_cores, b, n))
-        t = _time(mvm, x, w, repeat=5)
-        out[f"t_mvm_B{b}_s"] = t
-        out[f"ratio_B{b}"] = t_exact / t
+def solver_cost(cores, n=256, chip_cores=64):
+    """The transfer conductances of ``cores`` 256×256 cores by each solver, scaled to the chip."""
+    g = jax.random.uniform(jax.random.key(0), (cores, 2, n, n), maxval=20.0)
+    out = {}
+    for solver in SOLVERS:
+        wall, cpu = _time(lambda a, b, s=solver: transfer_pair(a, b, 1.0, 1.0, solver=s), g[:, 0], g[:, 1],
+                          repeat=2)
+        out[solver] = dict(wall_chip_s=wall * chip_cores / cores, cpu_chip_s=cpu * chip_cores / cores)
+    loss = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.square(transfer_pair(a, b, 1.0, 1.0)[0]))))
+    wall, cpu = _time(loss, g[:, 0], g[:, 1], repeat=1)
+    out["gradient"] = dict(wall_chip_s=wall * chip_cores / cores, cpu_chip_s=cpu * chip_cores / cores)
     return out
+
+
+def chip_cost(batches, chip_cores=64, r_ohm=1.0, t=3600.0):
+    """Per-state setup and per-read cost of a full HERMES chip, exact wires against none.
+
+    The chip is programmed once without wire resistance; the same state with the exact
+    solve configured is aged (``at_time``: ageing, the solve, the compensation reference
+    read), then read by :func:`pcmjax.mvm`. Setups are single runs compiled ahead."""
+    plain = pj.ChipConfig(n_cores=chip_cores)
+    exact = plain.replace(parasitics=ParasiticsConfig(r_ohm, r_ohm, method="exact"))
+    key = jax.random.key(0)
+    w = jax.random.normal(key, (plain.n_cores, plain.rows, plain.cols)) / 16
+    state = pj.program_chip(key, w, plain)
+    age = lambda k, s, tt: s.at_time(k, tt)  # noqa: E731
+    out = {}
+    for name, cfg in (("plain", plain), ("exact", exact)):
+        st = state.replace(cfg=cfg)
+        wall, cpu, aged = _time_once(age, jax.random.key(1), st, t)
+        out[f"setup_{name}"] = dict(wall_s=wall, cpu_s=cpu)
+        read = jax.jit(pj.mvm)
+        for b in batches:
+            x = jax.random.uniform(jax.random.key(2), (plain.n_cores, b, plain.rows), minval=-1, maxval=1)
+            wall, cpu = _time(read, jax.random.key(3), aged, x, repeat=5)
+            out[f"read_{name}_B{b}"] = dict(wall_s=wall, cpu_s=cpu)
+    einsum = jax.jit(lambda x, m: jnp.einsum("cbr,crk->cbk", x, m))
+    for b in batches:
+        x = jax.random.uniform(jax.random.key(2), (plain.n_cores, b, plain.rows), minval=-1, maxval=1)
+        wall, cpu = _time(einsum, x, w, repeat=5)
+        out[f"einsum_B{b}"] = dict(wall_s=wall, cpu_s=cpu)
+    return out
+
+
+def program_ratio(cores=2, r_ohm=1.0):
+    """CPU seconds of ``program_chip`` and of ``at_time`` on a few cores with the exact solve."""
+    cfg = pj.ChipConfig(n_cores=cores).replace(parasitics=ParasiticsConfig(r_ohm, r_ohm, method="exact"))
+    w = jax.random.normal(jax.random.key(0), (cores, cfg.rows, cfg.cols)) / 16
+    _, program_cpu, state = _time_once(lambda k, x: pj.program_chip(k, x, cfg), jax.random.key(0), w)
+    _, age_cpu, _ = _time_once(lambda k, s: s.at_time(k, 3600.0), jax.random.key(1), state)
+    return dict(cores=cores, program_cpu_s=program_cpu, at_time_cpu_s=age_cpu)
+
+
+def cost(cores, batches, chip_cores=64, n=256):
+    solvers = solver_cost(cores, n)
+    t_op, t_prec = (x[0] for x in iteration_pieces(n))
+    chip = chip_cost(batches, chip_cores)
+    out = dict(cores_timed=cores, chip_cores=chip_cores, solvers=solvers, chip=chip, program=program_ratio(),
+               t_cg_operator_core_s=t_op, t_cg_preconditioner_core_s=t_prec)
+    setup = chip["setup_exact"]["cpu_s"]
+    for b in batches:
+        rd_e, rd_p = chip[f"read_exact_B{b}"]["cpu_s"], chip[f"read_plain_B{b}"]["cpu_s"]
+        out[f"read_ratio_B{b}"] = rd_e / rd_p
+        out[f"setup_over_read_B{b}"] = setup / rd_p
+        # Reads of one state after which the exact circuit's amortised cost per read
+        # (setup / N + read) is within 10x of a read without wires.
+        out[f"reads_for_10x_B{b}"] = setup / max(10 * rd_p - rd_e, 1e-12)
+    return out
+
+
+def print_cost(c, batches):
+    print(f"\nsolvers, {c['cores_timed']} core(s) of 256x256 timed, scaled to 64 (wall / CPU s):")
+    for name, v in c["solvers"].items():
+        print(f"  {name:<9} {v['wall_chip_s']:8.1f} / {v['cpu_chip_s']:8.1f}")
+    ch = c["chip"]
+    print(f"chip ({c['chip_cores']} x 256x256), ChipConfig(), r = 1 ohm per pitch (wall / CPU s):")
+    for k, v in ch.items():
+        print(f"  {k:<18} {v['wall_s']:10.4f} / {v['cpu_s']:10.4f}")
+    for b in batches:
+        print(f"  B={b}: exact read / plain read = {c[f'read_ratio_B{b}']:.2f}; setup = "
+              f"{c[f'setup_over_read_B{b}']:.0f} plain reads; within 10x per read after "
+              f"{c[f'reads_for_10x_B{b}']:.0f} reads of one state")
+    p = c["program"]
+    print(f"program_chip / at_time with the exact solve ({p['cores']} cores, CPU s): "
+          f"{p['program_cpu_s']:.1f} / {p['at_time_cpu_s']:.1f}")
+    print(f"one CG iteration, one core, 256 right-hand sides: operator {c['t_cg_operator_core_s']:.2f} s + "
+          f"preconditioner {c['t_cg_preconditioner_core_s']:.2f} s (wall)")
 
 
 def main(argv=None):
@@ -193,29 +290,23 @@ def main(argv=None):
     p.add_argument("--cores", type=int, default=1, help="256x256 cores timed (scaled to 64)")
     p.add_argument("--batches", default="64,256")
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--chip-cores", type=int, default=64, help="cores of the chip whose setup and reads are timed")
+    p.add_argument("--skip-accuracy", action="store_true", help="no ngspice comparison")
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(",")]
     lams = [float(s) for s in a.lams.split(",")]
-    ngspice = ensure_ngspice()
-    rows = accuracy(ngspice, sizes, lams)
+    rows = accuracy(ensure_ngspice(), sizes, lams) if not a.skip_accuracy else []
     print("| R = K | λ | r (Ω/segment) | IR drop | exact vs ngspice | first order vs ngspice |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['lam']:g} | {r['r_ohm']:.3g} | {r['ir_drop']:.3g} | {r['err_exact']:.2e} | "
               f"{r['err_first_order']:.2e} |")
-    worst = max(r["err_exact"] for r in rows)
+    worst = max((r["err_exact"] for r in rows), default=0.0)
     result = dict(bench="irdrop", worst_exact_rel_err=worst, passed=worst < 1e-4, rows=rows)
     if not a.skip_cost:
-        c = cost(a.cores, [int(b) for b in a.batches.split(",")])
-        result["cost"] = c
-        print(f"\nfull chip (64 x 256x256): exact solve {c['t_exact_chip_s']:.2f} s, with its gradient "
-              f"{c['t_exact_grad_chip_s']:.2f} s (timed on {c['cores_timed']} core(s), scaled)")
-        print(f"  one CG iteration, one core, 256 right-hand sides: operator {c['t_cg_operator_core_s']:.2f} s + "
-              f"preconditioner {c['t_cg_preconditioner_core_s']:.2f} s (exact solve: {c['t_exact_core_s']:.2f} s)")
-        for k, v in c.items():
-            if k.startswith("t_mvm"):
-                b = k[len("t_mvm_B"):-2]
-                print(f"  MVM B={b}: {v * 1e3:.1f} ms, ratio exact/MVM = {c[f'ratio_B{b}']:.0f}")
+        batches = [int(b) for b in a.batches.split(",")]
+        result["cost"] = cost(a.cores, batches, a.chip_cores)
+        print_cost(result["cost"], batches)
     print(json.dumps(result))
     return result
 
