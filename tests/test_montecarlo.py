@@ -419,6 +419,7 @@ def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     model = mc.build_network(arch, seed=1)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (40, 16)).astype(np.float32)
+    pnn.set_input_scales(model, x)  # saved with the network, as training would
     y = np.asarray(pnn.predict(model, x))  # the digital network's own predictions
     path = mc.save_network(tmp_path / "net.npz", model, arch)
     loaded, arch2, _ = mc.load_network(path)
@@ -477,11 +478,14 @@ def test_runner_matches_instances_evaluated_one_at_a_time(xla_cache, chip, varia
     each instance gives evaluated alone: catches transformations or compilations that
     mix up axes. HERMES cores with tiles smaller than a core (padding rows and columns),
     global drift compensation and three times: the case an XLA miscompile once broke."""
+    from pcmjax import nn as pnn
+
     arch = {"kind": "mlp", "in_features": 64, "hidden": [256, 256], "out_features": 10}
     model = mc.build_network(arch, seed=2)
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (24, 64)).astype(np.float32)
     y = rng.integers(0, 4, 24).astype(np.int32)
+    pnn.set_input_scales(model, x)
     wl = mc.NetworkWorkload(model, x, y, x[:8])
     st = mc.Study(wl, times=(1.0, 1e4, 1e7), instances=2, chip=chip, seed=5, variants=variants)
     res = mc.run_study(st, None, quiet=True, histogram_instances=0)
