@@ -23,6 +23,12 @@ compensation reference already reads only the mapped lines. What differs:
   all whole cores is one group and draws exactly as without ``tiles``;
 * wire resistance (``cfg.parasitics``): the unused part of the array still loads the
   lines, so with parasitics on the whole cores are simulated (``tiles`` is ignored).
+
+Shared cores (``pcmjax.nn.plan(..., share_cores=True)``) change nothing here: each tile
+keeps its own array in the state, at the top-left of its block, though on the physical
+core its block may sit lower and further right beside other tiles. Without wire
+resistance the position does not matter; with it the whole shared array would, so
+sharing is refused there (:mod:`pcmjax.nn.placement`).
 """
 
 from __future__ import annotations
