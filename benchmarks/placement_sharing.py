@@ -25,10 +25,10 @@ from flax import nnx
 import pcmjax as pj
 from pcmjax import cost
 from pcmjax import nn as pnn
+from pcmjax.nn.convert import convert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from char_lstm import char_lstm  # noqa: E402  (a sibling script)
-from pcmjax.nn.convert import convert  # noqa: E402
 
 
 def networks():
