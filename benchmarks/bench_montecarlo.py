@@ -12,7 +12,11 @@
      per weight);
    * ``efficiency = floor_ms / eval_ms``; ``efficiency_best``: the same ratio of the best
      of interleaved calls of the floor and of the study's compiled per-device program
-     (both minima see the same load: steadier on a shared machine).
+     (both minima see the same load: steadier on a shared machine); ``efficiency_cpu``:
+     the ratio of their process CPU times in the same interleaved calls (what preemption
+     on a loaded machine does not inflate);
+   * with ``--profile``: the per-device program's operation time split by stage of the
+     data path (``jax.profiler`` events joined with the optimised HLO's named scopes).
 
 2. Start-up (always): ``pcmjax study`` on the MLP efficiency study in fresh processes,
    with an empty compile cache and then with the cache it filled: ``startup_s`` (process
@@ -23,7 +27,7 @@
    vmap width on a raw-MVM study.
 
 Usage:
-  python benchmarks/bench_montecarlo.py [--instances 100] [--full [--quick] [--max-instances 1024]]
+  python benchmarks/bench_montecarlo.py [--instances 100] [--profile] [--full [--quick] [--max-instances 1024]]
 
 The last line printed is one JSON object: ``floor_ms``, ``eval_ms``, ``efficiency``,
 ``startup_s``, ``compile_s`` (MLP study), ``efficiency_cnn``, the per-study details
@@ -229,7 +233,7 @@ def _best_ms(fn, args, repeats: int) -> float:
     return best * 1e3
 
 
-def efficiency(kind: str, instances: int, repeats: int = 20) -> dict:
+def efficiency(kind: str, instances: int, repeats: int = 20, profile: bool = False) -> dict:
     """``floor_ms``, ``eval_ms`` and their ratio for one study, measured in this process.
 
     ``eval_ms`` is the runner's compute time (compilation excluded, no conductance
@@ -250,23 +254,74 @@ def efficiency(kind: str, instances: int, repeats: int = 20) -> dict:
     ev_args = jax.device_put((study.workload.data(), study.device, np.uint32(study.seed),
                               np.asarray(study.times, np.float32), np.arange(info["vmap_width"], dtype=np.int32)))
     jax.block_until_ready(exe(*ev_args))
+    per_call = info["vmap_width"] * len(study.times) * len(study.variants)
     best_floor = best_eval = float("inf")
+    cpu_floor = cpu_eval = 0.0  # process CPU seconds: what a loaded machine's preemption does not inflate
     for _ in range(max(3, repeats // 4)):
+        c0 = _cpu_s()
         best_floor = min(best_floor, _best_ms(floor, args, 1))
+        c1 = _cpu_s()
         t0 = time.perf_counter()
         jax.block_until_ready(exe(*ev_args))
-        best_eval = min(best_eval, (time.perf_counter() - t0) * 1e3 / (info["vmap_width"] * len(study.times)
-                                                                        * len(study.variants)))
+        best_eval = min(best_eval, (time.perf_counter() - t0) * 1e3 / per_call)
+        cpu_floor, cpu_eval = cpu_floor + (c1 - c0) / 2, cpu_eval + (_cpu_s() - c1) / per_call  # _best_ms calls twice
     out = {"study": kind, "instances": study.instances, "times": len(study.times), "variants": len(study.variants),
            "eval_examples": int(study.workload.x_eval.shape[0]), "used_devices": used,
            "floor_ms": round(floor_ms, 3), "eval_ms": round(eval_ms, 3), "efficiency": round(floor_ms / eval_ms, 3),
            "floor_best_ms": round(best_floor, 3), "eval_best_ms": round(best_eval, 3),
-           "efficiency_best": round(best_floor / best_eval, 3),
+           "efficiency_best": round(best_floor / best_eval, 3), "efficiency_cpu": round(cpu_floor / cpu_eval, 3),
            "compile_s": round(info["compile_s"], 2), "vmap_width": info["vmap_width"],
            "chunk_size": info["chunk_size"], "bytes_per_instance": info["bytes_per_instance_estimate"],
            "xla_bytes_per_device": info.get("xla_memory_per_device", {}).get("total"),
            "load_average": round((load0 + os.getloadavg()[0]) / 2, 2)}
+    if profile:
+        out["profile_ms"] = profile_split(exe, ev_args, per_call)
     return out
+
+
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _stage(op_name: str) -> str:
+    """The stage of the data path an XLA operation belongs to, from its ``op_name`` (named scopes)."""
+    if "_program" in op_name:
+        return "programming: reference read at t=0" if "/reference/" in op_name else "programming"
+    if "_prepare" in op_name:
+        return "per time: reference read" if "/reference/" in op_name else "per time: ageing"
+    if "/read/" in op_name:
+        return "per time: MVM read (PWM, contractions, noise, ADC)"
+    if "/digital_unit/" in op_name:
+        return "per time: digital unit"
+    return "per time: network (activations, calibration scales) and metrics"
+
+
+def profile_split(exe, args, per_call: int, calls: int = 3) -> dict:
+    """Operation time of the compiled per-device program by stage (``jax.profiler`` events
+    joined with the optimised HLO's ``op_name``), ms per evaluation, summed over threads."""
+    import collections
+    import re
+
+    from jax.profiler import ProfileData
+    names = dict(re.findall(r'%([\w.-]+) = \S+ [\w-]+\(.*?op_name="([^"]*)"', exe.as_text()))
+    with tempfile.TemporaryDirectory(prefix="pcmjax-profile-") as d:
+        jax.profiler.start_trace(d)
+        for _ in range(calls):
+            jax.block_until_ready(exe(*args))
+        jax.profiler.stop_trace()
+        pd = ProfileData.from_file(str(next(Path(d).rglob("*.xplane.pb"))))
+    split = collections.Counter()
+    for plane in pd.planes:
+        for line in plane.lines:
+            for ev in line.events:
+                if line.name.startswith("tf_XLA") and ev.name in names:
+                    split[_stage(names[ev.name])] += ev.duration_ns / 1e6 / calls / per_call
+    total = sum(split.values())
+    print(f"profile (ms per evaluation, all threads; {total:.2f} in total):")
+    for k, v in split.most_common():
+        print(f"  {v:7.3f}  {100 * v / total:5.1f} %  {k}")
+    return {k: round(v, 3) for k, v in split.most_common()}
 
 
 def startup(kind: str, tmp: Path) -> dict:
@@ -319,13 +374,13 @@ def _toml(d: dict) -> str:
 
 
 def efficiency_table(rows: list[dict]) -> None:
-    print(f"\n{'study':<6}{'floor ms':>10}{'eval ms':>10}{'efficiency':>12}{'best':>7}{'startup s':>11}"
+    print(f"\n{'study':<6}{'floor ms':>10}{'eval ms':>10}{'efficiency':>12}{'best':>7}{'cpu':>6}{'startup s':>11}"
           f"{'compile s':>11}{'warm s':>8}{'MiB/inst':>10}{'load':>7}")
     for r in rows:
         st = r.get("startup", {})
         cold, warm = st.get("cold", {}), st.get("warm", {})
         print(f"{r['study']:<6}{r['floor_ms']:>10.2f}{r['eval_ms']:>10.2f}{r['efficiency']:>12.2f}"
-              f"{r['efficiency_best']:>7.2f}"
+              f"{r['efficiency_best']:>7.2f}{r['efficiency_cpu']:>6.2f}"
               f"{cold.get('startup_s', float('nan')):>11.2f}{cold.get('compile_s', float('nan')):>11.2f}"
               f"{warm.get('startup_plus_compile_s', float('nan')):>8.2f}{r['bytes_per_instance'] / 2**20:>10.1f}"
               f"{r['load_average']:>7.1f}", flush=True)
@@ -339,6 +394,7 @@ def main(argv=None):
     p.add_argument("--full", action="store_true", help="also the default study end to end, loop ratios, scaling")
     p.add_argument("--quick", action="store_true", help="with --full: fewer instances in the loop and scaling")
     p.add_argument("--max-instances", type=int, default=1024)
+    p.add_argument("--profile", action="store_true", help="also split the per-device program's time by stage")
     args = p.parse_args(argv)
     print(f"backend {jax.default_backend()}, {len(jax.devices())} device(s), {os.cpu_count()} CPU(s), "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -346,21 +402,22 @@ def main(argv=None):
     result, rows = {}, []
     with tempfile.TemporaryDirectory(prefix="pcmjax-bench-") as tmp:
         for kind in ("mlp",) if args.skip_cnn else ("mlp", "cnn"):
-            row = efficiency(kind, args.instances)
+            row = efficiency(kind, args.instances, profile=args.profile)
             if kind == "mlp" and not args.skip_startup:
                 row["startup"] = startup(kind, Path(tmp))
             rows.append(row)
         efficiency_table(rows)
         mlp = rows[0]
         result.update(floor_ms=mlp["floor_ms"], eval_ms=mlp["eval_ms"], efficiency=mlp["efficiency"],
-                      efficiency_best=mlp["efficiency_best"])
+                      efficiency_best=mlp["efficiency_best"], efficiency_cpu=mlp["efficiency_cpu"])
         if "startup" in mlp:
             cold, warm = mlp["startup"]["cold"], mlp["startup"]["warm"]
             result.update(startup_s=cold["startup_s"], compile_s=cold["compile_s"],
                           startup_plus_compile_s=cold["startup_plus_compile_s"],
                           warm_startup_plus_compile_s=warm["startup_plus_compile_s"])
         if len(rows) > 1:
-            result.update(efficiency_cnn=rows[1]["efficiency"], efficiency_best_cnn=rows[1]["efficiency_best"])
+            result.update(efficiency_cnn=rows[1]["efficiency"], efficiency_best_cnn=rows[1]["efficiency_best"],
+                          efficiency_cpu_cnn=rows[1]["efficiency_cpu"])
         result["studies"] = rows
         if args.full:
             full(args, Path(tmp), result)

@@ -80,6 +80,30 @@ def age(key, g_prog, nu, g_target, device, cfg: ChipConfig, t, *, effective: boo
     return g, var
 
 
+def computed_once(tree, g_max):
+    """``tree``'s arrays as values computed once, not again inside each consumer.
+
+    XLA fuses a chain of cheap elementwise operations into each of its consumers, so a
+    per-column parameter drawn from normals (the ADC mismatch: an inverse error function
+    polynomial per draw) or derived from them (the calibration, the compensation ratio)
+    would be recomputed for every output element of every MVM that reads it (batch ×
+    times over). XLA does not duplicate a division into such a broadcasting consumer:
+    dividing by a run-time 1 (``g_max / g_max``, exactly 1.0) ends the chain and leaves
+    every value bitwise unchanged. (An optimisation barrier does not reach XLA:CPU's
+    fusion pass. Into a consumer that is merely vmapped over times, as the ageing's
+    per-device normals are, XLA duplicates the division too: there it does not help.)
+
+    Args:
+      tree: a pytree of float arrays.
+      g_max: the device model's ``g_max`` (a positive run-time value).
+
+    Returns:
+      ``tree`` with the same values.
+    """
+    one = g_max / g_max
+    return jax.tree.map(lambda a: a / one, tree)
+
+
 def _raise_if_negative(t):
     t = np.asarray(t)
     bad = ~(t >= 0)  # NaN is bad too

@@ -47,14 +47,10 @@ def mvm(key, state: ChipState, x, activation: Activation | None = None):
 
 
 def _mvm_impl(key, state: ChipState, x, activation: Activation):
-    # The per-column parameters ([C, K]) as computed arrays: without the barrier XLA fuses
-    # their producers (the ADC mismatch's normals, the calibration, the compensation
-    # ratio) into every output element's conversion, ``batch`` times over.
-    adc, gamma, beta, comp = jax.lax.optimization_barrier((state.adc_params(), state.gamma, state.beta, state.comp))
     with jax.named_scope("read"):
-        counts = make_read(state.cfg)(key, x, state.w, state.var, adc)
+        counts = make_read(state.cfg)(key, x, state.w, state.var, state.adc_params())
     with jax.named_scope("digital_unit"):
-        return digital_unit(counts, gamma, beta, comp, activation)
+        return digital_unit(counts, state.gamma, state.beta, state.comp, activation)
 
 
 _mvm = jax.jit(_mvm_impl, static_argnames=("activation",))

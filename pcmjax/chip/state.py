@@ -25,7 +25,7 @@ from flax import struct
 from pcmjax import _streams
 from pcmjax._validate import check_bool, check_instance, check_key, check_weights, is_traced
 from pcmjax.chip import compact, parasitics
-from pcmjax.chip.age import age, drift_exponents, error_if_negative_time
+from pcmjax.chip.age import age, computed_once, drift_exponents, error_if_negative_time
 from pcmjax.chip.compensation import compensation_factor, reference_read
 from pcmjax.chip.faults import fault_rates, faulty_conductances, program_faults, set_drift_exponent
 from pcmjax.chip.gdp import optimise_targets
@@ -230,6 +230,7 @@ def _program(key, weights, device, cfg, tiles=None):
         adc = sample_adc_mismatch(k_adc, cfg.adc, (n_cores, cols))
         gamma, beta = calibrate(w_max[:, 0, :], adc["gain_est"], adc["offset_est"],
                                 cfg.adc.counts_per_unit(cfg.rows), cfg.read_phases == 1)
+        adc, gamma, beta = computed_once((adc, gamma, beta), device.g_max)
     zeros = jnp.zeros((n_cores, cols), jnp.float32)
     state = ChipState(
         cfg=cfg, device=device, g_target=g_target, g_prog=g_prog, nu=nu, w_max=w_max,
@@ -315,6 +316,7 @@ def _prepare(key, state: ChipState, t):
     if cfg.drift_compensation != "none":
         with jax.named_scope("reference"):
             comp = compensation_factor(state.gdc_ref, _references(k_ref, state, aged), cfg.drift_compensation)
+            comp = computed_once(comp, state.device.g_max)
     else:
         comp = jnp.ones_like(state.gdc_ref)
     ws, vs = [], []
