@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
+import pcmjax as pj
 from pcmjax import nn as pnn
 from pcmjax.nn import hwa as hwa_mod
 
@@ -205,3 +206,39 @@ def test_errors():
         layer(jnp.ones((1, 3)))
     with pytest.raises(ValueError, match="in_features=3"):
         pnn.AnalogLinear(3, 2, rngs=nnx.Rngs(0))(jnp.ones((1, 4)))
+
+
+def _one_layer_models():
+    """``(name, model, x)`` of a model holding each kind of analog layer under ``"net"``."""
+    rngs = nnx.Rngs(0)
+
+    class Wrap(nnx.Module):
+        def __init__(self, net):
+            self.net = net
+
+        def __call__(self, x):
+            return self.net(x)
+
+    return [
+        ("linear", Wrap(pnn.AnalogLinear(5, 3, rngs=rngs)), _x((4, 5))),
+        ("conv", Wrap(pnn.AnalogConv(2, 3, 3, rngs=rngs)), _x((2, 4, 4, 2))),
+        ("linear_general", Wrap(pnn.AnalogLinearGeneral((5,), (2, 3), rngs=rngs)), _x((4, 5))),
+        ("einsum", Wrap(pnn.AnalogEinsum("bd,dh->bh", (5, 3), (3,), rngs=rngs)), _x((4, 5))),
+        ("lstm", Wrap(pnn.AnalogRNN(pnn.AnalogLSTMCell(5, 3, rngs=rngs))), _x((2, 6, 5))),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5), ids=["linear", "conv", "linear_general", "einsum", "lstm"])
+def test_every_analog_layer_needs_its_input_range_before_deploy(case):
+    _, model, x = _one_layer_models()[case]
+    cfg = pj.ChipConfig.ideal(n_cores=4)
+    name = pnn.plan(model, cfg).layers[0].name
+    assert name.startswith("net") and pnn.missing_input_ranges(model) == [name]
+    with pytest.raises(ValueError, match=rf"no input range .*\['{name}'\]"):
+        pnn.deploy(model, None, cfg, program=False)
+    pnn.set_input_scales(model, x)
+    assert pnn.missing_input_ranges(model) == []
+    assert float(pnn.analog_layers(model)[0][1].input_scale[...]) > 0
+    dep = pnn.deploy(model, jax.random.key(0), cfg)
+    ref = model(x)
+    np.testing.assert_allclose(dep(jax.random.key(1), x), ref, rtol=1e-4, atol=1e-4)
