@@ -326,7 +326,10 @@ def profile_split(exe, args, per_call: int, calls: int = 3) -> dict:
 
 def startup(kind: str, tmp: Path) -> dict:
     """``pcmjax study`` on the efficiency study in fresh processes: start-up (process start to
-    the study's compilation) and compile time, with an empty and then a warm compile cache."""
+    the study's compilation) and compile time, with an empty and then a warm compile cache
+    (the command's default cache, in a fresh folder), then warm with the program store
+    emptied (JAX's cache alone). Wall times and, steadier on a shared machine, the
+    process's CPU seconds."""
     cache = tmp / f"cache-{kind}"
     (cache / "networks").mkdir(parents=True, exist_ok=True)
     if kind == "mlp":
@@ -335,23 +338,38 @@ def startup(kind: str, tmp: Path) -> dict:
     spec = efficiency_study_dict(kind)
     (tmp / f"{kind}.toml").write_text(_toml(spec))
     env = dict(os.environ, PCMJAX_CACHE=str(cache))
+    env.pop("PCMJAX_COMPILE_CACHE", None)
     out = {}
-    for label in ("cold", "warm"):
+    for label in ("cold", "warm", "warm_jax_cache_only"):
+        if label == "warm_jax_cache_only":
+            shutil.rmtree(cache / "xla" / "pcmjax-programs", ignore_errors=True)
         folder = tmp / f"results-{kind}-{label}"
         load = os.getloadavg()[0]
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t_launch = time.time()
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pcmjax.cli", "study", "--config", str(tmp / f"{kind}.toml"),
                                "-o", str(folder), "--quiet", "--no-plots"], env=env, cwd=tmp, capture_output=True,
                               text=True)
         wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             raise RuntimeError(f"pcmjax study failed:\n{proc.stderr[-3000:]}")
         info = json.loads((folder / "run.json").read_text())
         s = info["compile_started_unix"] - t_launch
         out[label] = {"startup_s": round(s, 2), "compile_s": round(info["compile_s"], 2),
-                      "startup_plus_compile_s": round(s + info["compile_s"], 2), "seconds": round(wall, 2),
+                      "startup_plus_compile_s": round(s + info["compile_s"], 2),
+                      "startup_cpu_s": round(info["compile_started_cpu_s"], 2),
+                      "compile_cpu_s": round(info["compile_cpu_s"], 2),
+                      "startup_plus_compile_cpu_s": round(info["compile_started_cpu_s"] + info["compile_cpu_s"], 2),
+                      "prepare_s": round(info.get("prepare_s", 0.0), 2), "compile_cache": info["compile_cache"],
+                      "seconds": round(wall, 2), "cpu_seconds": round((r1.ru_utime - r0.ru_utime)
+                                                                      + (r1.ru_stime - r0.ru_stime), 2),
                       "compute_s": round(info["compute_s"], 2), "load_average": round(load, 2)}
+        o = out[label]
+        print(f"pcmjax study ({kind}, {label}): start-up {o['startup_s']:.2f} s ({o['startup_cpu_s']:.2f} s CPU), "
+              f"compile {o['compile_s']:.2f} s ({o['compile_cpu_s']:.2f} s CPU), cache {o['compile_cache']}; "
+              f"load average {load:.1f}", flush=True)
     return out
 
 
@@ -414,7 +432,9 @@ def main(argv=None):
             cold, warm = mlp["startup"]["cold"], mlp["startup"]["warm"]
             result.update(startup_s=cold["startup_s"], compile_s=cold["compile_s"],
                           startup_plus_compile_s=cold["startup_plus_compile_s"],
-                          warm_startup_plus_compile_s=warm["startup_plus_compile_s"])
+                          warm_startup_plus_compile_s=warm["startup_plus_compile_s"],
+                          startup_plus_compile_cpu_s=cold["startup_plus_compile_cpu_s"],
+                          warm_startup_plus_compile_cpu_s=warm["startup_plus_compile_cpu_s"])
         if len(rows) > 1:
             result.update(efficiency_cnn=rows[1]["efficiency"], efficiency_best_cnn=rows[1]["efficiency_best"],
                           efficiency_cpu_cnn=rows[1]["efficiency_cpu"])
