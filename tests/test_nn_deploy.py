@@ -329,3 +329,17 @@ def test_layer_call_order_follows_the_data_flow_not_the_attributes():
     dep = pnn.deploy(model, None, pj.ChipConfig.ideal(), program=False)
     assert [lp.name for lp in dep.layout.layers] == ["a_out", "b_in", "c_unused"]
     assert pnn.layer_call_order(dep, np.zeros((7, 3), np.float32)) == (1, 0, 2)
+
+
+def test_integer_pixels_reach_a_cnn_as_nnx_conv_takes_them():
+    """Integer inputs pass unchanged to the model; analog layers promote them to float as
+    ``nnx.Conv`` does, so uint8 images give what their float values give."""
+    model = pnn.SmallCNN(channels=(4, 8, 8), rngs=nnx.Rngs(0))
+    x = np.random.default_rng(0).integers(0, 16, (3, 8, 8, 1)).astype(np.uint8)
+    pnn.set_input_scales(model, x.astype(np.float32))
+    model.eval()
+    dep = pnn.deploy(model, jax.random.key(0), pj.ChipConfig.ideal())
+    xf = x.astype(np.float32)
+    np.testing.assert_allclose(dep.reference(x), dep.reference(xf), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dep(jax.random.key(1), x), dep(jax.random.key(1), xf), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dep.reference(x), model(xf), rtol=1e-5, atol=1e-5)

@@ -56,6 +56,13 @@ class InputScale(nnx.BatchStat):
     """Running estimate of a layer's input range (not trained by gradients)."""
 
 
+def _as_float(inputs, dtype):
+    """Inputs as a float array: integers (uint8 pixels, say) are promoted, as ``nnx.Linear``
+    and ``nnx.Conv`` promote them to their parameters' dtype."""
+    x = jnp.asarray(inputs)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(dtype)
+
+
 def _check_mode(mode) -> Mode:
     return check_choice("mode", mode, MODES)
 
@@ -179,7 +186,7 @@ class AnalogLinear(AnalogLayer):
           inputs: ``[..., in_features]``.
           rngs: optional key or ``nnx.Rngs`` (``hwa`` stream) for HWA noise.
         """
-        x = jnp.asarray(inputs)
+        x = _as_float(inputs, self.param_dtype)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"inputs must have last dimension in_features={self.in_features}, got shape {x.shape}.")
         self._track_input(x)
@@ -281,7 +288,7 @@ class AnalogConv(AnalogLayer):
           inputs: ``[*batch, *spatial, in_features]``.
           rngs: optional key or ``nnx.Rngs`` (``hwa`` stream) for HWA noise.
         """
-        x = jnp.asarray(inputs)
+        x = _as_float(inputs, self.param_dtype)
         n = len(self.kernel_size)
         if x.ndim < n + 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"inputs must have shape [batch, *spatial({n}), in_features={self.in_features}], "
