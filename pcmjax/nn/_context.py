@@ -4,6 +4,11 @@
 ``chip_index``; its forward pass sets a :class:`ChipContext` (a ``contextvars`` variable,
 set and reset inside the traced function, so it is safe under ``jit``/``vmap``/``grad``)
 that the layers in ``"chip"`` mode read to run their tiles.
+
+The module is private; code outside :mod:`pcmjax.nn` uses its public entries,
+:func:`pcmjax.nn.layer_call_order` (the order a forward pass calls the analog layers)
+and :func:`model_inputs` (how a deployed model takes its inputs, via
+:meth:`pcmjax.nn.DeployedModel.apply`).
 """
 
 from __future__ import annotations
