@@ -1,9 +1,12 @@
 """Device-model fits: round trips per family, misspecification, JSON, the chip, the CLI.
 
-Round trips: 10,000 devices with uniformly random targets, read at six times from 0 s to
-one day, simulated from a known model; the fit starts from a perturbed model (every
-estimated entry ×1.1, or +0.1 σ for the flexible law coefficients) and every estimated
-parameter must come back within 3 standard errors of the truth. All keys are fixed.
+Round trips: 4,000 devices (PCM-like: 8,192, since its low-conductance devices are too
+noisy to keep and its clipped laws need the levels well covered) with uniformly random
+targets, read at six times from 0 s to one day, simulated from a known model; the fit
+starts from a perturbed model (every estimated entry ×1.1, or +0.1 σ for the flexible law
+coefficients) and every estimated parameter must come back within 3 standard errors of
+the truth (the standard errors shrink with the device count; the criterion does not
+depend on it). All keys are fixed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import pcmjax as pj
 from pcmjax.devices import Flexible, HermesPCM, PCMLike, StateIndependent, load, save
 from pcmjax.fit import _params, cli_main, fit_device_model, simulate_measurements
 
-N_DEVICES = 10_000
+# The fit pads the devices to a power of two (compiled code is shared across fits): counts
+# at or just below one waste nothing.
+N_DEVICES = {"hermes": 4000, "pcm_like": 8192, "state_independent": 4000, "flexible": 4000}
 TIMES = (0.0, 60.0, 600.0, 3600.0, 36000.0, 86400.0)
 
 TRUTHS = {
@@ -45,7 +50,7 @@ def fitted(family):
     """(truth, data, result) of a family's round trip, computed once per session."""
     if family not in _CACHE:
         truth = TRUTHS[family]
-        g_t = jax.random.uniform(jax.random.key(10), (N_DEVICES,), minval=0.0, maxval=float(truth.g_max))
+        g_t = jax.random.uniform(jax.random.key(10), (N_DEVICES[family],), minval=0.0, maxval=float(truth.g_max))
         data = simulate_measurements(jax.random.key(11), truth, np.asarray(g_t), TIMES)
         kw = dict(degree=2) if family == "flexible" else {}
         res = fit_device_model(data, family, num_devices=truth.num_devices, init=_perturbed(truth), **kw)
@@ -56,7 +61,7 @@ def fitted(family):
 @pytest.mark.parametrize("family", list(TRUTHS))
 def test_round_trip_every_parameter_within_3_se(family):
     truth, data, res = fitted(family)
-    assert res.stats["n_devices_total"] == N_DEVICES
+    assert res.stats["n_devices_total"] == N_DEVICES[family]
     assert res.stats["newton_decrement"] < 0.5  # converged: within half a standard error before polishing
     by_name = {e.name: e for e in _params.entries_for(truth)}
     true = _params.values_of(truth, [by_name[n] for n in res.names])
