@@ -795,10 +795,10 @@ for name, errs in curves.items():
 """),
     md("""
 So the first-order model is adequate below about 0.5 Ω per pitch on full tiles (0.2 % here), and the exact solve is
-needed beyond about 1 Ω (`benchmarks/irdrop_networks.py` runs every ResNet-9 layer, a digits MLP and a character LSTM on HERMES
-chips against the wire resistance; `benchmarks/RESULTS.md`, "IR drop"). The exact solve costs one direct solve per
-core **per state** — `state.at_time(key, t)` computes the effective conductances once and every `pj.mvm` of that
-state is then an ordinary MVM — about a second of CPU per 256×256 core. On the CPU run it with
+needed beyond about 1 Ω (`benchmarks/irdrop_networks.py` runs every ResNet-9 layer, a digits MLP and a character
+LSTM on HERMES chips against the wire resistance; `benchmarks/RESULTS.md`, "IR drop"). The exact solve costs one
+direct solve per core **per state** — `state.at_time(key, t)` computes the effective conductances once and every
+`pj.mvm` of that state is then an ordinary MVM — about a second of CPU per 256×256 core. On the CPU run it with
 `OPENBLAS_NUM_THREADS=1` in the environment (LAPACK's threads otherwise compete with XLA's).
 
 ## 5. Device faults
