@@ -71,3 +71,67 @@ def test_calibrate_errors(aged):
         pnn.calibrate(dep, jax.random.key(0), x, steps=0)
     with pytest.raises(ValueError, match="data"):
         pnn.calibrate(dep, jax.random.key(0), jnp.ones((3,)))
+
+
+def _kl(ref, out):
+    lp, lq = jax.nn.log_softmax(ref, axis=-1), jax.nn.log_softmax(out, axis=-1)
+    return float(jnp.mean(jnp.sum(jnp.exp(lp) * (lp - lq), axis=-1)))
+
+
+def test_fit_readout_inverts_a_known_output_distortion():
+    """On the ideal chip the only error is a per-column gain and offset put on the output
+    layer; the refit must undo it (the offsets up to one constant, to which softmax is blind)."""
+    model = TwoLayer(nnx.Rngs(1))
+    x = jax.random.uniform(jax.random.key(2), (64, 20), minval=-1, maxval=1)
+    pnn.set_input_scales(model, x)
+    model.eval()
+    dep = pnn.deploy(model, jax.random.key(3), pj.ChipConfig.ideal())
+    i = pnn.layer_call_order(dep, x)[-1]
+    gain = 1.0 + 0.5 * jax.random.uniform(jax.random.key(4), (8,))
+    offset = jax.random.normal(jax.random.key(5), (8,))
+    cal = pnn.identity_calibration(dep.layout)
+    cal["gamma"] = tuple(gain if j == i else g for j, g in enumerate(cal["gamma"]))
+    cal["beta"] = tuple(offset if j == i else b for j, b in enumerate(cal["beta"]))
+    ref = dep.reference(x)
+    assert _kl(ref, dep.apply(dep.state, cal, jax.random.key(6), x)) > 0.05  # a visible distortion
+    fitted, losses = pnn.fit_readout(dep, jax.random.key(7), x, calibration=cal, steps=1000, learning_rate=0.1)
+    assert losses.shape == (1000,) and losses[-1] < 1e-2 * losses[0]
+    assert _kl(ref, dep.apply(dep.state, fitted, jax.random.key(6), x)) < 1e-3
+    np.testing.assert_allclose(fitted["gamma"][i], 1.0, atol=0.05)
+    shift = np.asarray(fitted["beta"][i])
+    np.testing.assert_allclose(shift - shift.mean(), 0.0, atol=0.05)  # offsets removed up to a constant
+    for j in range(2):  # the other layer is untouched
+        if j != i:
+            np.testing.assert_array_equal(fitted["gamma"][j], cal["gamma"][j])
+
+
+def test_readout_refit_lowers_the_output_divergence_after_a_year(aged):
+    dep, x = aged
+    held_out = jax.random.uniform(jax.random.key(8), (256, 20), minval=-1, maxval=1)
+    ref = dep.reference(held_out)
+    layers_only = pnn.calibrate(dep, jax.random.key(6), x, steps=60, learning_rate=2e-2, batch_size=32)
+    both = pnn.calibrate(dep, jax.random.key(6), x, steps=60, learning_rate=2e-2, batch_size=32, readout_steps=200)
+    kl_layers = _kl(ref, layers_only(jax.random.key(9), held_out))
+    kl_both = _kl(ref, both(jax.random.key(9), held_out))
+    assert kl_both < kl_layers, (kl_both, kl_layers)
+
+
+def test_fit_readout_errors(aged):
+    dep, x = aged
+    with pytest.raises(ValueError, match="steps"):
+        pnn.fit_readout(dep, jax.random.key(0), x, steps=0)
+    with pytest.raises(ValueError, match="readout_steps"):
+        pnn.make_calibrator(dep, x, readout_steps=-1)
+
+    class Squashed(nnx.Module):  # the output is not the last layer's output
+        def __init__(self, rngs):
+            self.l1 = pnn.AnalogLinear(20, 4, rngs=rngs)
+
+        def __call__(self, v):
+            return jnp.concatenate([self.l1(v), self.l1(v)], axis=-1)
+
+    model = Squashed(nnx.Rngs(0))
+    pnn.set_input_scales(model, x)
+    squashed = pnn.deploy(model, jax.random.key(1), pj.ChipConfig())
+    with pytest.raises(ValueError, match="last analog layer"):
+        pnn.fit_readout(squashed, jax.random.key(0), x)
