@@ -251,13 +251,13 @@ def _irdrop_networks():
 
 def test_lstm_study_smoke_exact_wires():
     # The LSTM study's pieces at CI size: a tiny LSTM trained on the generated text, on
-    # small cores with the exact solve at a wire resistance that drops most of the signal
-    # of the far rows. Independent expectations: training learns the text (below the
-    # uniform 5.6 bits of the 50-token read-out), and the chip can only lose information.
+    # small ideal cores whose only non-ideality is the exact wires, at a resistance that
+    # drops most of the far rows' signal. Independent expectations: training learns the text
+    # (below the uniform 5.6 bits of the 50-token read-out), and the wires lose information.
     m = _irdrop_networks()
-    model, x, bpc_float, _ = m.lstm_model(None, hidden=16, steps=60, log=lambda *_: None, n_test=4, length=16)
+    model, x, bpc_float, _ = m.lstm_model(None, hidden=16, steps=40, log=lambda *_: None, n_test=4, length=16)
     assert bpc_float < np.log2(50) - 1.0
-    cfg = pj.ChipConfig(rows=32, cols=32).replace(parasitics=ParasiticsConfig(300.0, 300.0, method="exact"))
+    cfg = pj.ChipConfig.ideal(rows=32, cols=32).replace(parasitics=ParasiticsConfig(300.0, 300.0, method="exact"))
     res = m._lstm_bpc(model, cfg, jax.random.split(jax.random.key(0), 1), x)
     assert np.isfinite(res["mean"]) and res["n"] == 1
-    assert res["mean"] > bpc_float
+    assert res["mean"] > bpc_float + 0.1
