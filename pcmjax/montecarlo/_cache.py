@@ -112,6 +112,9 @@ class CacheEvents:
 # of pcmjax and of every other module outside the Python installation (a network factory
 # of your own), the versions of JAX, jaxlib, Flax, NumPy and ml_dtypes, JAX's numerics
 # options, XLA_FLAGS, and the device and host CPU. A hit skips tracing and compiling.
+# Code installed into the Python installation is known by those versions only: a network
+# built by an installed package of your own that changes without a new version needs the
+# store emptied (or the cache off: PCMJAX_COMPILE_CACHE=0).
 _PROGRAMS = "pcmjax-programs"
 _PROGRAMS_KEPT = 32  # newest entries kept
 _VERSIONED = ("jax", "jaxlib", "flax", "numpy", "ml_dtypes")
