@@ -261,3 +261,18 @@ def test_lstm_study_smoke_exact_wires():
     res = m._lstm_bpc(model, cfg, jax.random.split(jax.random.key(0), 1), x)
     assert np.isfinite(res["mean"]) and res["n"] == 1
     assert res["mean"] > bpc_float + 0.1
+
+
+def test_exact_wires_solved_once_per_state_never_per_read():
+    # The transfer conductances depend on the state only: ageing computes them (one call of
+    # the solve in the traced program), a read uses the stored ones (no call).
+    cfg = pj.ChipConfig(n_cores=2, rows=8, cols=8).replace(parasitics=ParasiticsConfig(50.0, 50.0, method="exact"))
+    w = jax.random.normal(jax.random.key(0), (2, 8, 8)) / 4
+    state = pj.program_chip(jax.random.key(1), w, cfg)
+    x = jnp.full((2, 3, 8), 0.5)
+
+    def solves(fn, *args):
+        return str(jax.make_jaxpr(fn)(*args)).count("name=transfer_pair")
+
+    assert solves(lambda k, s: s.at_time(k, 3600.0), jax.random.key(2), state) == 1
+    assert solves(lambda k, s, x: pj.mvm(k, s, x), jax.random.key(2), state.at_time(jax.random.key(2), 60.0), x) == 0
