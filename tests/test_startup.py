@@ -124,7 +124,7 @@ def _study_args(config, output, no_compile_cache=False):
 
 def test_environment_fingerprint_follows_code_outside_the_installation(tmp_path, monkeypatch):
     """A network factory of your own is part of a stored program's key: editing it
-    (a new modification time) changes the key."""
+    changes the key."""
     src = tmp_path / "my_factory_mod.py"
     src.write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -133,7 +133,9 @@ def test_environment_fingerprint_follows_code_outside_the_installation(tmp_path,
 
     loaded = _cache.environment_fingerprint()
     assert loaded != before
-    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))
+    os.utime(src, ns=(time.time_ns(), time.time_ns() + 10**9))  # touched, unchanged: same key
+    assert _cache.environment_fingerprint() == loaded
+    src.write_text("X = 2\n")
     assert _cache.environment_fingerprint() != loaded
     monkeypatch.delitem(sys.modules, "my_factory_mod")
 

@@ -109,12 +109,14 @@ class CacheEvents:
 # study (most of a warm start). Beside it, a study's compiled per-device program is kept
 # under a key of everything that determines it: the study's hash (network, data, chip,
 # device, times, variants, metrics), the vmap width and histogram instances, the source
-# of pcmjax and of every other module outside the Python installation (a network factory
-# of your own), the versions of JAX, jaxlib, Flax, NumPy and ml_dtypes, JAX's numerics
+# text of pcmjax and of every other module outside the Python installation (a network
+# factory of your own), the versions of JAX, jaxlib, Flax, NumPy and ml_dtypes, JAX's numerics
 # options, XLA_FLAGS, and the device and host CPU. A hit skips tracing and compiling.
 # Code installed into the Python installation is known by those versions only: a network
 # built by an installed package of your own that changes without a new version needs the
-# store emptied (or the cache off: PCMJAX_COMPILE_CACHE=0).
+# store emptied (or the cache off: PCMJAX_COMPILE_CACHE=0). A program JAX's cache served
+# cannot be stored again (it does not serialise completely), so after a change of pcmjax
+# that leaves the program as it was, warm runs take it from JAX's cache (lowering it first).
 _PROGRAMS = "pcmjax-programs"
 _PROGRAMS_KEPT = 32  # newest entries kept
 _VERSIONED = ("jax", "jaxlib", "flax", "numpy", "ml_dtypes")
@@ -122,10 +124,10 @@ _JAX_OPTIONS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_threefry_
                 "jax_default_prng_impl", "jax_numpy_rank_promotion")
 
 
-def _outside_installation(path: str) -> bool:
-    roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    real = os.path.realpath(path)
-    return not any(real.startswith(r + os.sep) for r in roots)
+def _outside_installation(path: str, roots: tuple[str, ...]) -> bool:
+    if path.startswith(roots):
+        return False
+    return not os.path.realpath(path).startswith(roots)
 
 
 def _host_cpu() -> str:
@@ -142,13 +144,17 @@ def environment_fingerprint() -> str:
     h = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
     sources = {str(p) for p in package.rglob("*.py")}
+    roots = tuple({os.path.join(os.path.realpath(p), "") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+                  | {os.path.join(p, "") for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
     for mod in list(sys.modules.values()):
         f = getattr(mod, "__file__", None)
-        if f and f.endswith(".py") and _outside_installation(f):
+        if f and f.endswith(".py") and _outside_installation(f, roots):
             sources.add(os.path.realpath(f))
-    for f in sorted(sources):
-        st = os.stat(f)
-        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns};".encode())
+    for f in sorted(sources):  # by content: a file touched but unchanged keeps the key
+        try:
+            h.update(f"{f}:".encode() + hashlib.sha256(Path(f).read_bytes()).digest())
+        except OSError:
+            h.update(f"{f}:unreadable;".encode())
     for name in _VERSIONED:
         h.update(f"{name}={getattr(sys.modules.get(name), '__version__', None)};".encode())
     for name in _JAX_OPTIONS:
