@@ -186,7 +186,6 @@ class _Converter:
         rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(_streams.CONVERT), self.n_converted))
         new = _FACTORIES[type(module)](name, module, rngs)
         nnx.update(new, nnx.state(module, nnx.Param))
-        new.require_input_range = True  # deploy refuses it until its range is measured
         if self.hwa is not None:
             new.hwa = self.hwa
         self.n_converted += 1
