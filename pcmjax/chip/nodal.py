@@ -92,6 +92,7 @@ _CHUNK_ELEMENTS = 2**25  # cores per lax.map step: about this many R·K² elemen
 SOLVERS = ("inverse", "cholesky", "lu")
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
 _WARNED = []  # the BLAS-threads warning, once per process
+_FULL = jax.lax.Precision.HIGHEST  # full float32 products (no reduced-precision passes on accelerators)
 
 
 def warn_if_blas_threads_unset():
@@ -125,7 +126,7 @@ def _factorize(f, solver):
         return (low,)
     eye = jnp.eye(f.shape[-1], dtype=f.dtype)
     l_inv = triangular_solve(low, eye, left_side=True, lower=True)
-    inv = l_inv.T @ l_inv
+    inv = jnp.matmul(l_inv.T, l_inv, precision=_FULL)
     return (0.5 * (inv + inv.T),)
 
 
@@ -135,7 +136,7 @@ def _solve(factors, b, solver):
         return lu_solve(factors, b)
     if solver == "cholesky":
         return cho_solve((factors[0], True), b)
-    return factors[0] @ b
+    return jnp.matmul(factors[0], b, precision=_FULL)
 
 
 def _line_solve(g_row, rw, rhs):
