@@ -1017,6 +1017,53 @@ def test_make_read_matches_numpy_without_noise(adc_on):
         make_read(cfg, "two_phase")
 
 
+def _uniform_rows():
+    """Driven rows of the uniform reference tests: all of core 0, the first half of core 1."""
+    return np.arange(_RR)[None, :] < np.array([[_RR], [_RR // 2]])
+
+
+@pytest.mark.parametrize("adc_on", [True, False])
+def test_uniform_reference_matches_numpy_without_noise(adc_on):
+    from pcmjax.chip.read import uniform_reference
+
+    # The compensation's reference read (one amplitude on the driven rows, as a masked row
+    # sum) against the float64 conversion of that input, as the generic reference read does it.
+    cfg = pj.ChipConfig(n_cores=_RC, rows=_RR, cols=_RK, read_noise=False).set("adc.noise_std", 0.0)
+    cfg = cfg.set("adc.enabled", adc_on)
+    _, w2, var2, adc = _read_inputs(adc_on)
+    rows, amp = _uniform_rows(), 0.05
+    _, _, _, want = _np_reads(np.where(rows, amp, 0.0)[:, None, :], w2, adc, cfg)
+    got = np.asarray(uniform_reference(_key(0), cfg, amp, rows, w2, var2, adc), np.float64)
+    assert got.shape == (_RC, _RK)
+    if adc_on:  # integer counts; float32 sums may round the other way at a half count
+        assert np.abs(got - want[:, 0]).max() <= 2.0 + 1e-4 and np.mean(np.abs(got - want[:, 0]) > 1e-4) < 0.1
+    else:
+        np.testing.assert_allclose(got, want[:, 0], rtol=1e-4, atol=1e-3)
+
+
+def test_uniform_reference_noise_variance_closed_form():
+    from pcmjax.chip.read import uniform_reference
+
+    # Per-read and ADC noise of the two conversions (one per polarity):
+    # Σ_p σ_ADC² + a² (1+δ)² q² Σ_{driven i} σ_ipk², over 300 keys × 32 columns (σ_ADC = 30
+    # counts: both terms of the same size, ~1700 counts²).
+    cfg = pj.ChipConfig(n_cores=_RC, rows=_RR, cols=_RK).set("adc.enabled", False).set("adc.noise_std", 30.0)
+    quiet = cfg.replace(read_noise=False).set("adc.noise_std", 0.0)
+    _, w2, var2, adc = _read_inputs(False)
+    rows, amp = _uniform_rows(), 0.8
+    keys = jax.random.split(_key(5), 300)
+    noisy = jax.vmap(lambda k: uniform_reference(k, cfg, amp, rows, w2, var2, adc))(keys)
+    e = np.asarray(noisy, np.float64) - np.asarray(uniform_reference(keys[0], quiet, amp, rows, w2, var2, adc))
+    lv = 2 ** (cfg.pwm.bits - 1) - 1
+    q = round(amp * lv) / lv
+    v = np.einsum("cr,cprk->ck", rows.astype(np.float64), np.asarray(var2, np.float64))
+    pred = 2 * 30.0**2 + (_a(cfg) * np.asarray(adc["gain"], np.float64)) ** 2 * q**2 * v
+    z2 = e**2 / pred
+    n = z2.size
+    assert abs(np.mean(e / np.sqrt(pred))) < Z / math.sqrt(n)
+    assert abs(z2.mean() - 1.0) < Z * math.sqrt(2.0 / n)
+
+
 @pytest.mark.parametrize("kind", ["one_phase", "four_phase", "reference"])
 def test_make_read_noise_variance_closed_form(kind):
     from pcmjax.chip import make_read
