@@ -286,6 +286,7 @@ class ReadoutCalibrated(NetworkWorkload):
 
 VARIANTS = """
 [variants.none]
+drift_compensation = "none"
 [variants.gdc]
 drift_compensation = "global"
 [variants.calibrated]
@@ -296,7 +297,7 @@ drift_compensation = "global"
 calibrate = true
 """
 # The smoke run: no uncompensated variant (seconds, not minutes).
-SMOKE_EXTRA = VARIANTS.split("[variants.none]\n")[1]
+SMOKE_EXTRA = VARIANTS.split('drift_compensation = "none"\n')[1]
 
 STUDY_TOML = """\
 # The character LSTM on the HERMES chip (written by benchmarks/char_lstm.py).

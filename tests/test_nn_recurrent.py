@@ -187,7 +187,7 @@ def test_hwa_weight_noise_is_drawn_once_per_sequence(by_hand):
     analog.eval()
     ref = np.asarray(x[:, 0] @ cell.dense_i.kernel[...] + cell.dense_i.bias[...])
     if by_hand:
-        with hold_weights(cell, jax.random.key(9)):
+        with hold_weights(jax.random.key(9), cell):
             y = _step_outputs(analog, cell, x, by_hand)
     else:
         y = _step_outputs(analog, cell, x, by_hand)

@@ -19,7 +19,7 @@ the cell's step counter into the read key, so every step draws fresh read noise.
 (programming noise, drift, 1/f noise: :func:`pcmjax.nn.hwa.hwa_weights`) once per
 forward call and every step reads them with fresh output noise and quantisation
 (:func:`pcmjax.nn.hwa.hwa_read`); a cell stepped by hand does the same inside
-``with hold_weights(cell, key):``, and outside it draws new weights at every step. Use
+``with hold_weights(key, cell):``, and outside it draws new weights at every step. Use
 the cells through ``nnx.RNN`` (converted to :class:`AnalogRNN`, which also records the
 per-step outputs for calibration) or step them by hand in a Python loop or ``nnx.scan``.
 """
@@ -49,7 +49,7 @@ _UIDS = itertools.count()
 
 
 @contextlib.contextmanager
-def hold_weights(model, key):
+def hold_weights(key, model):
     """Within the block, every analog cell of ``model`` in ``"hwa"`` mode reads one draw of its weights.
 
     The HWA weight perturbation (programming noise, drift, 1/f noise) models the devices
@@ -58,8 +58,8 @@ def hold_weights(model, key):
     cell's weights this way for every forward call.
 
     Args:
-      model: an analog cell or a module containing analog cells.
       key: a ``jax.random`` key, or ``None`` to take one from each cell's ``hwa`` stream.
+      model: an analog cell or a module containing analog cells.
     """
     held = dict(_HELD.get() or {})
     cells = [m for _, m in nnx.iter_modules(model) if isinstance(m, _AnalogCell) and m.mode == "hwa"]
@@ -368,7 +368,7 @@ class AnalogRNN(nnx.RNN):
         return new
 
     def __call__(self, inputs, **kwargs):
-        with hold_weights(self.cell, None):  # one HWA weight draw per sequence (no-op in other modes)
+        with hold_weights(None, self.cell):  # one HWA weight draw per sequence (no-op in other modes)
             return self._run(inputs, **kwargs)
 
     def _run(self, inputs, **kwargs):
