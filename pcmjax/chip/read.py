@@ -24,7 +24,9 @@ Three reads are made of it:
   counts are combined with signs (§4.2b): offsets cancel, the ADC noise adds four times.
 * ``"reference"``: the drift-compensation reference read (§5): a non-negative input
   against each device polarity in its own conversion; the offset-corrected counts of the
-  two are summed (the column's total conductance, in counts).
+  two are summed (the column's total conductance, in counts). The compensation's own
+  input, one amplitude on the driven rows, is read by :func:`uniform_reference`: the
+  same conversions, with each charge as a masked row sum.
 """
 
 from __future__ import annotations
