@@ -19,8 +19,12 @@
      data path (``jax.profiler`` events joined with the optimised HLO's named scopes).
 
 2. Start-up (always): ``pcmjax study`` on the MLP efficiency study in fresh processes,
-   with an empty compile cache and then with the cache it filled: ``startup_s`` (process
-   start to the study's compilation) and ``compile_s``.
+   with an empty compile cache, then with the cache it filled (the compiled program from
+   the program store), then with the program store emptied (JAX's cache alone):
+   ``startup_s`` (process start to the study's compilation) and ``compile_s``, in wall
+   and CPU seconds (``*_cpu_s``, steadier on a shared machine), and what the caches
+   served (``compile_cache``). Alone: ``python -c "import bench_montecarlo as b, pathlib,
+   tempfile; print(b.startup('mlp', pathlib.Path(tempfile.mkdtemp())))"`` in benchmarks/.
 
 3. With ``--full``: the embedded default study end to end (cold and warm cache), the
    runner against a per-instance Python loop, and scaling with instances, chunk size and
