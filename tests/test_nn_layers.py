@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 from scipy import stats
 
 import pcmjax as pj
@@ -242,3 +243,26 @@ def test_every_analog_layer_needs_its_input_range_before_deploy(case):
     dep = pnn.deploy(model, jax.random.key(0), cfg)
     ref = model(x)
     np.testing.assert_allclose(dep(jax.random.key(1), x), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["digital", "hwa"])
+def test_conv_gradients_pass_finite_difference_check(mode):
+    """With the non-idealities off (and inputs inside the range), a convolution is smooth in
+    its input and kernel in both modes; HWA mode runs it as patches times the kernel matrix."""
+    layer = pnn.AnalogConv(2, 3, (3, 2), strides=(2, 1), padding=((1, 0), (2, 1)), kernel_dilation=(1, 2),
+                           rngs=nnx.Rngs(0), mode=mode, hwa=pnn.HWAConfig.off())
+    layer.input_scale[...] = jnp.asarray(4.0)  # |x| < 1: no input clipping
+    layer.eval()
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+    x = _x((2, 5, 6, 2), seed=4)
+
+    def f(x, kernel):
+        p = nnx.State({"kernel": kernel, "bias": params["bias"][...]})
+        return nnx.merge(graphdef, p, rest)(x, rngs=jax.random.key(0))
+
+    check_grads(f, (x, layer.kernel[...]), order=1, modes=["fwd", "rev"], atol=1e-2, rtol=1e-2)
+    if mode == "hwa":  # the same derivatives as the float convolution
+        ref = nnx.view(layer, mode="digital")
+        g = jax.grad(lambda x: jnp.sum(jnp.sin(f(x, layer.kernel[...]))))(x)
+        g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(ref(x))))(x)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5)

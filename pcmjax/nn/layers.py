@@ -44,6 +44,7 @@ from pcmjax._validate import check_choice, check_instance, check_int
 from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
 from pcmjax.nn.hwa import clip_kernel, hwa_matmul, input_statistic
+from pcmjax.nn.patches import extract_patches
 
 Mode = Literal["digital", "hwa", "chip"]
 MODES = get_args(Mode)
@@ -230,7 +231,7 @@ class AnalogConv(AnalogLayer):
     The kernel ``[*kernel_size, in_features, out_features]`` is held on the chip as the
     matrix ``[in_features · prod(kernel_size), out_features]`` (channel-major rows, the
     order of ``jax.lax.conv_general_dilated_patches``); every output pixel is one MVM of
-    its input patch.
+    its input patch (:func:`pcmjax.nn.patches.extract_patches`).
 
     Args:
       in_features, out_features: input and output channels.
@@ -302,9 +303,8 @@ class AnalogConv(AnalogLayer):
                                              lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
                                              dimension_numbers=dn)
         else:
-            p = jax.lax.conv_general_dilated_patches(x, self.kernel_size, self.strides, self.padding,
-                                                     lhs_dilation=self.input_dilation,
-                                                     rhs_dilation=self.kernel_dilation, dimension_numbers=dn)
+            p = extract_patches(x, self.kernel_size, self.strides, self.padding, self.input_dilation,
+                                self.kernel_dilation)
             out_sp = p.shape[1:-1]
             y = self._analog_matmul(p.reshape(-1, p.shape[-1]), rngs)
             y = y.reshape((x.shape[0],) + out_sp + (self.out_features,))
