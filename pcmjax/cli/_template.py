@@ -79,6 +79,11 @@ drift_compensation = "global"
 [variants.calibrated]
 drift_compensation = "global"
 calibrate = true                    # per-column affine correction fitted at every time
+# [variants.readout]
+# drift_compensation = "global"
+# calibrate = "readout"             # that, then the output layer refitted for the network's output
+#                                   # distribution (pcmjax.nn.fit_readout; networks whose output is
+#                                   # their last analog layer's logits)
 
 [run]                               # how to run (not part of the study's identity)
 # chunk_size = 32                   # instances per chunk file (default: from the memory budget)

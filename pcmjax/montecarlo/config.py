@@ -38,7 +38,8 @@ A study file (``pcmjax study --config study.toml``)::
     drift_compensation = "none"
     [variants.calibrated]
     drift_compensation = "global"
-    calibrate = true
+    calibrate = true            # per-column fit of every layer; "readout": then the
+                                # output layer refitted for the output distribution
 
     [run]                       # how to run (not part of the study's identity)
     chunk_size = 32
@@ -261,7 +262,8 @@ def build_variants(d: dict) -> tuple[Variant, ...]:
     out = []
     for name, table in d.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"[variants.{name}] must be a table of chip options (and calibrate = true/false), "
+            raise ConfigError(f"[variants.{name}] must be a table of chip options (and calibrate = "
+                              f"true/false/\"readout\"), "
                               f"got {table!r}.")
         table = dict(table)
         calibrate = table.pop("calibrate", False)

@@ -22,6 +22,15 @@ Calibration (variants with ``calibrate = true``) sets the digital units' per-col
 * ``"gradient"``: :func:`pcmjax.nn.make_calibrator` (Adam through the simulated chip,
   also learning input ranges); more accurate, about ``steps`` times the cost.
 
+Variants with ``calibrate = "readout"`` add, after either, the read-out refit of
+:func:`pcmjax.nn.fit_readout`: the output layer's per-column ``γ'``, ``β'`` refitted
+(``READOUT_STEPS`` Adam steps on one recorded chip pass over the calibration set) to
+minimise the KL divergence of the chip's output distribution from the digital
+network's: the next-token distribution of a language model, the class distribution of
+a classifier. It shrinks the logits where the chip's noise makes them over-confident,
+which a per-column fit of each layer's output cannot. It needs the network's output to
+be its last analog layer's output (logits); other networks refuse such variants.
+
 Checkpoints are in :mod:`pcmjax.montecarlo.checkpoints`, evaluation data in
 :mod:`pcmjax.montecarlo.datasets`.
 """
@@ -45,6 +54,7 @@ from pcmjax.montecarlo.workloads import Workload, fit_column_affine, relative_er
 from pcmjax.nn.recurrent import CELLS
 
 CALIBRATION_METHODS = ("lstsq", "gradient")
+READOUT_STEPS = 300  # Adam steps of the read-out refit (pcmjax.nn.fit_readout's default)
 
 
 def _chip_gain(y, ref):
@@ -221,16 +231,38 @@ class NetworkWorkload(Workload):
         cal, _ = self._calibrator(state, key)
         return cal
 
+    def check_variant(self, variant):
+        """Refuse the read-out refit of a network whose output is not its last analog
+        layer's output (the refit changes that layer's per-column affine)."""
+        if not variant.readout:
+            return
+        dep = self._deployed()
+        last = pnn.layer_call_order(dep, self.x_cal[:1])[-1]
+        out, ref = jax.eval_shape(lambda v: dep.reference(v, record=True), jnp.asarray(self.x_cal[:1]))
+        if tuple(ref[last].shape) != tuple(out.shape):
+            raise ValueError(f"calibrate = \"readout\" refits the output layer for the network's output "
+                             f"distribution and needs a network whose output is its last analog layer's output "
+                             f"(logits); {self.description} outputs shape {tuple(out.shape)} after a last layer "
+                             f"{self.layer_names[last]!r} of shape {tuple(ref[last].shape)}. Use calibrate = true.")
+
+    def _calibration(self, key, dep, state, data, variant):
+        """The variant's calibration of the aged chip ``state`` (identity if none)."""
+        if not variant.calibrate:
+            return pnn.identity_calibration(dep.layout)
+        if self.calibration == "lstsq":
+            cal = self._lstsq(key, dep, state, data)
+        else:
+            cal = self._gradient(key, dep, state)
+        if variant.readout:
+            cal, _ = pnn.fit_readout(dep, jax.random.fold_in(key, 1 << 20), data["x_cal"], state=state,
+                                     calibration=cal, steps=READOUT_STEPS)
+        return cal
+
     def evaluate(self, key, data, device, t, variant):
         dep = self._deployed().replace(params=data["params"], weights=data["weights"])
         state, k_age, k_read, k_cal = self._program(key, data, device, variant)
         st = state.at_time(k_age, t)
-        if not variant.calibrate:
-            cal = pnn.identity_calibration(dep.layout)
-        elif self.calibration == "lstsq":
-            cal = self._lstsq(k_cal, dep, st, data)
-        else:
-            cal = self._gradient(k_cal, dep, st)
+        cal = self._calibration(k_cal, dep, st, data, variant)
         logits, outs = dep.apply(st, cal, k_read, data["x"], record=True)
         out = self._task_metrics(logits, data["y"])
         for i, name in enumerate(self.layer_names):

@@ -117,6 +117,7 @@ class Study:
         for rv in self.resolved_variants():
             try:
                 self.workload.check_config(rv.config)
+                self.workload.check_variant(rv)
             except (TypeError, ValueError) as e:
                 raise ValueError(f"variant {rv.name!r}: {e}") from e
 
@@ -163,7 +164,7 @@ class Study:
             f"  times:    {', '.join(format_time(t) for t in self.times)}",
             "  variants: " + "; ".join(
                 f"{v.name} ({', '.join(f'{p}={val}' for p, val in v.chip) or 'base chip'}"
-                f"{', calibrated' if v.calibrate else ''})" for v in self.variants),
+                f"{', ' + v.calibration_label if v.calibrate else ''})" for v in self.variants),
             f"  metrics:  {', '.join(self.metrics)}",
         ]
         return "\n".join(lines)

@@ -12,9 +12,13 @@ import dataclasses
 import re
 from typing import Any
 
-from pcmjax._validate import check_bool
+import numpy as np
+
 from pcmjax.config import ChipConfig
 
+#: Values of a variant's ``calibrate``: none, the per-column fit of every layer, or that
+#: fit followed by the read-out refit of the network's output layer.
+CALIBRATE_CHOICES = (False, True, "readout")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -39,6 +43,21 @@ def _nest(items) -> dict:
     return out
 
 
+def check_calibrate(name: str, value) -> bool | str:
+    """``value`` if it is one of :data:`CALIBRATE_CHOICES`, else a ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if value == "readout":
+        return value
+    raise (ValueError if isinstance(value, str) else TypeError)(f"{name} must be false, true (the per-column fit of every layer) or \"readout\" (the "
+                     f"per-column fit, then the read-out refit of the output layer), got {value!r}.")
+
+
+def calibration_label(calibrate) -> str:
+    """``"calibrated"``, ``"calibrated + read-out refit"`` or ``""``."""
+    return "calibrated + read-out refit" if calibrate == "readout" else "calibrated" if calibrate else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Variant:
     """A named variation of the study's chip configuration.
@@ -48,13 +67,17 @@ class Variant:
       chip: chip-config overrides, a (possibly nested) mapping such as
         ``{"drift_compensation": "none", "adc": {"bits": 8}}``; stored as sorted
         ``(dotted path, value)`` pairs so the variant is hashable.
-      calibrate: fit a per-column affine correction (``γ y + β``) on calibration inputs at
-        each time after ageing, on top of the overrides (the "calibrated" case).
+      calibrate: ``False``; ``True``: fit a per-column affine correction (``γ y + β``) of
+        every layer on calibration inputs at each time after ageing, on top of the
+        overrides (the "calibrated" case); ``"readout"``: that fit, then the read-out
+        refit of a network's output layer (:func:`pcmjax.nn.fit_readout`: its per-column
+        ``γ'``, ``β'`` fitted for the KL divergence of the chip's output distribution,
+        next-token or class, from the digital network's; network workloads only).
     """
 
     name: str
     chip: Any = ()
-    calibrate: bool = False
+    calibrate: bool | str = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -72,7 +95,17 @@ class Variant:
             if isinstance(v, (list, tuple, dict, set)):
                 raise TypeError(f"variant {self.name!r}: chip option {path!r} must be a scalar, got {v!r}.")
         object.__setattr__(self, "chip", chip)
-        check_bool(f"variant {self.name!r}: calibrate", self.calibrate)
+        object.__setattr__(self, "calibrate", check_calibrate(f"variant {self.name!r}: calibrate", self.calibrate))
+
+    @property
+    def readout(self) -> bool:
+        """Whether the variant adds the read-out refit to the per-column calibration."""
+        return self.calibrate == "readout"
+
+    @property
+    def calibration_label(self) -> str:
+        """The calibration in words, for headers (empty if none)."""
+        return calibration_label(self.calibrate)
 
     def overrides(self) -> dict:
         """The chip overrides as a nested mapping."""
@@ -93,11 +126,17 @@ class Variant:
 @dataclasses.dataclass(frozen=True)
 class ResolvedVariant:
     """What a workload's ``evaluate`` receives (static under ``jit``): a name, the full
-    :class:`pcmjax.ChipConfig` of the variant and whether to calibrate."""
+    :class:`pcmjax.ChipConfig` of the variant and its calibration (``False``, ``True``
+    or ``"readout"``, as :class:`Variant`)."""
 
     name: str
     config: ChipConfig
-    calibrate: bool = False
+    calibrate: bool | str = False
+
+    @property
+    def readout(self) -> bool:
+        """Whether the variant adds the read-out refit to the per-column calibration."""
+        return self.calibrate == "readout"
 
 
 DEFAULT_VARIANTS = (

@@ -57,7 +57,7 @@ class Workload(abc.ABC):
           data: the pytree of :meth:`data`.
           device: the device model (a pytree).
           t: seconds since programming, a scalar (traced).
-          variant: :class:`ResolvedVariant` (static: chip config, calibrate flag).
+          variant: :class:`ResolvedVariant` (static: chip config, calibration).
 
         Returns:
           dict ``metric name → scalar``.
@@ -77,6 +77,13 @@ class Workload(abc.ABC):
 
     def check_config(self, cfg: ChipConfig) -> None:  # noqa: B027 - optional: most workloads run on any chip
         """Raise ``ValueError`` if the workload cannot run on ``cfg``."""
+
+    def check_variant(self, variant: ResolvedVariant) -> None:
+        """Raise ``ValueError`` if the workload cannot evaluate ``variant`` (by default:
+        the read-out refit, ``calibrate = "readout"``, which only a network has)."""
+        if variant.readout:
+            raise ValueError(f"calibrate = \"readout\" refits a network's output layer; the {self.kind} workload "
+                             f"has none: use calibrate = true (the per-column fit) or false.")
 
     def reference_metrics(self, data) -> dict:
         """Metrics of the same evaluation without a chip (the digital network), ``name →
