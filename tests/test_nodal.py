@@ -1,14 +1,17 @@
 """Exact crossbar solve: against an independent float64 dense nodal analysis, gradients."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+import pcmjax as pj
 from pcmjax.chip import nodal
 from pcmjax.chip.nodal import BLAS_THREAD_VARIABLES, SOLVERS, transfer_pair
-from pcmjax.chip.parasitics import effective_pair
+from pcmjax.chip.parasitics import ParasiticsConfig, effective_pair
 
 
 def _dense_transfer(gp, gn, rw, rb):
@@ -207,3 +210,17 @@ def test_warns_once_when_blas_threads_are_not_limited(monkeypatch):
     monkeypatch.setattr(nodal, "_WARNED", [])
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     assert not nodal.warn_if_blas_threads_unset()
+
+
+def test_programming_solves_the_exact_wires_once():
+    # Programming reads the compensation reference and prepares the state at t = 0 from one
+    # ageing of the same devices: one call of the solve in the traced program, not two.
+    cfg = pj.ChipConfig(n_cores=2, rows=8, cols=8).replace(parasitics=ParasiticsConfig(50.0, 50.0, method="exact"))
+    w = jax.random.normal(jax.random.key(0), (2, 8, 8)) / 4
+    jaxpr = str(jax.make_jaxpr(lambda k, w: pj.program_chip(k, w, cfg))(jax.random.key(1), w))
+    assert jaxpr.count("name=transfer_pair") == 1
+    # Same devices: without per-read and ADC noise both reads give the same counts, so the
+    # compensation factor at t = 0 is 1 (two draws of the accumulated 1/f noise would not).
+    quiet = cfg.replace(read_noise=False, adc=dataclasses.replace(cfg.adc, noise_std=0.0))
+    state = pj.program_chip(jax.random.key(1), w, quiet)
+    np.testing.assert_array_equal(np.asarray(state.comp), 1.0)

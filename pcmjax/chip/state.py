@@ -188,7 +188,8 @@ def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceMode
         random draws); :func:`pcmjax.nn.deploy` passes its tiles.
 
     Returns:
-      a :class:`ChipState` at ``t = 0`` (right after programming).
+      a :class:`ChipState` at ``t = 0`` (right after programming): its prepared arrays are
+      the devices the drift-compensation reference read saw (one ageing at ``t = 0``).
     """
     check_key(key)
     cfg = check_instance("cfg", ChipConfig() if cfg is None else cfg, ChipConfig)
@@ -239,9 +240,14 @@ def _program(key, weights, device, cfg, tiles=None):
         t=jnp.zeros((), jnp.float32), w=jnp.zeros((n_cores, 1, 1, 1)), var=jnp.zeros((n_cores, 1, 1, 1)),
         comp=jnp.ones_like(zeros), tiles=tiles,
     )
-    # The reference read right after programming, then the prepared state at t = 0.
-    state = state.replace(gdc_ref=_initial_reference(k_ref, state))
-    return _prepare(jax.random.fold_in(k_ref, 2), state, jnp.zeros((), jnp.float32))
+    # The reference read right after programming and the prepared state at t = 0 see the
+    # same devices at the same moment: one ageing (with exact wires, one nodal solve).
+    t0 = jnp.zeros((), jnp.float32)
+    with jax.named_scope("reference"):
+        aged = _aged(jax.random.fold_in(k_ref, 0), state, t0)
+        state = state.replace(gdc_ref=_references(jax.random.fold_in(k_ref, 1), state, aged))
+    _, k_read, _ = jax.random.split(jax.random.fold_in(k_ref, 2), 3)  # the split of _prepare
+    return _prepared(k_read, state, t0, aged)
 
 
 def _aged(key, state: ChipState, t, **kw):
@@ -308,11 +314,19 @@ def _device_conductances(key, state: ChipState, t, effective):
 @jax.jit
 def _prepare(key, state: ChipState, t):
     """The state at ``t``: aged conductances in the layout of the read, compensation factor."""
-    cfg = state.cfg
     state = _unfolded(state)
     k_age, k_ref, _ = jax.random.split(key, 3)
     with jax.named_scope("age"):
         aged = _aged(k_age, state, t)
+    return _prepared(k_ref, state, t, aged)
+
+
+def _prepared(k_ref, state: ChipState, t, aged) -> ChipState:
+    """The state at ``t`` from its aged groups (:func:`_aged`): layout of the read, compensation.
+
+    ``k_ref`` is the key of the compensation read (the second of ``_prepare``'s split).
+    """
+    cfg = state.cfg
     if cfg.drift_compensation != "none":
         with jax.named_scope("reference"):
             comp = compensation_factor(state.gdc_ref, _references(k_ref, state, aged), cfg.drift_compensation)
