@@ -46,10 +46,10 @@ drift_compensation = "global"
 """
 
 
-def _modules_after(code: str) -> list[str]:
-    """Top-level packages of ``HEAVY`` (and ``pcmjax.montecarlo``) loaded by ``code`` in a
-    fresh interpreter."""
-    probe = (f"{code}\nimport sys\nnames = {HEAVY + ('pcmjax.montecarlo',)!r}\n"
+def _modules_after(code: str, names=HEAVY + ("pcmjax.montecarlo",)) -> list[str]:
+    """The modules of ``names`` (default: ``HEAVY`` and ``pcmjax.montecarlo``) loaded by
+    ``code`` in a fresh interpreter."""
+    probe = (f"{code}\nimport sys\nnames = {tuple(names)!r}\n"
              "print('loaded:' + ','.join(n for n in names if n in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -59,6 +59,12 @@ def _modules_after(code: str) -> list[str]:
 
 def test_import_pcmjax_loads_nothing_heavy():
     assert _modules_after("import pcmjax") == []
+
+
+def test_import_pcmjax_loads_no_flax():
+    # The chip and its pytrees are plain JAX; flax (linen included) comes with pcmjax.nn.
+    assert _modules_after("import pcmjax", ("flax", "flax.linen", "flax.nnx")) == []
+    assert _modules_after("import pcmjax.nn", ("flax",)) == ["flax"]  # the probe sees flax
 
 
 def test_help_loads_nothing_heavy():

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from functools import partial
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from pcmjax import _streams
 from pcmjax._validate import check_bool, check_instance, check_key, check_weights, is_traced
@@ -58,7 +58,8 @@ def times_checked_before_tracing():
         _CHECK_TRACED_TIMES.reset(token)
 
 
-@struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class ChipState:
     """A programmed chip (one instance). A pytree: ``jax.vmap`` adds instance axes.
 
@@ -82,7 +83,7 @@ class ChipState:
         :mod:`pcmjax.chip.compact`.
     """
 
-    cfg: ChipConfig = struct.field(pytree_node=False)
+    cfg: ChipConfig = dataclasses.field(metadata=dict(static=True))
     device: DeviceModel
     g_target: jax.Array
     g_prog: jax.Array
@@ -99,7 +100,11 @@ class ChipState:
     w: jax.Array
     var: jax.Array
     comp: jax.Array
-    tiles: tuple | None = struct.field(pytree_node=False, default=None)
+    tiles: tuple | None = dataclasses.field(default=None, metadata=dict(static=True))
+
+    def replace(self, **changes) -> ChipState:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def n_cores(self) -> int:
