@@ -595,3 +595,26 @@ def test_lstsq_calibration_gain_is_unbiased_under_read_noise():
     g0, b0 = _chip_gain(flat, ref[:, :1])
     offset = float(jnp.mean(flat) - jnp.mean(ref[:, 0]))
     assert float(g0[0]) == 1.0 and float(b0[0]) == pytest.approx(-offset, abs=1e-5)
+
+
+# -- calibrate = "readout" ---------------------------------------------------------
+def test_calibrate_values_validation_and_round_trip():
+    r = mc.Variant("r", {"drift_compensation": "global"}, calibrate="readout")
+    assert r.readout and r.calibrate == "readout" and r.resolve(pj.ChipConfig()).readout
+    assert not mc.Variant("c", calibrate=True).readout and not mc.Variant("n").readout
+    assert mc.Variant(**r.to_dict()) == r and r.to_dict()["calibrate"] == "readout"
+    assert mc.Variant("b", calibrate=np.bool_(True)).calibrate is True
+    with pytest.raises(ValueError, match=r"variant 'x': calibrate must be false, true .* or \"readout\".*got 'yes'"):
+        mc.Variant("x", calibrate="yes")
+    with pytest.raises(TypeError, match=r"calibrate must be false, true .*got 1\."):
+        mc.Variant("x", calibrate=1)
+    base = __import__("tomllib").loads(TINY_TOML)
+    cfg = dict(base, variants={"v": {"drift_compensation": "global", "calibrate": "often"}})
+    with pytest.raises(config.ConfigError, match=r"\[variants\.v\].*\"readout\".*got 'often'"):
+        config.study_from_dict(cfg)
+    # The raw-MVM workload has no output layer to refit: refused when the study is built.
+    cfg = dict(base, variants={"v": {"drift_compensation": "global", "calibrate": "readout"}})
+    with pytest.raises(config.ConfigError, match=r"variant 'v'.*mvm workload has none"):
+        config.study_from_dict(cfg)
+    cfg = dict(base, variants={"v": {"drift_compensation": "global", "calibrate": True}})
+    assert config.study_from_dict(cfg).study.variants[0].calibrate is True

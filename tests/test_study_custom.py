@@ -216,3 +216,62 @@ def test_exclude_keeps_layers_digital(nets):
     assert sc.study.metrics == ("accuracy", "loss", "layer_error/layers/0")
     with pytest.raises(config.ConfigError, match="match no module"):
         config.study_from_dict({"workload": dict(wl, exclude=["layers/7"])}, nets)
+
+
+def _sample_text(model, key, n, length):
+    """``n`` token sequences drawn from ``model``'s own next-token distribution."""
+    logits_of = nnx.jit(lambda m, x: m(x))
+    tokens = jnp.zeros((n, length), jnp.int32).at[:, 0].set(jax.random.randint(key, (n,), 0, 7))
+    for t in range(1, length):
+        logits = logits_of(model, tokens)[:, t - 1]
+        tokens = tokens.at[:, t].set(jax.random.categorical(jax.random.fold_in(key, t), logits))
+    return np.asarray(tokens)
+
+
+READOUT_STUDY = """\
+[study]
+instances = 8
+times = ["1 year"]
+
+[workload]
+model = "nets.py:char_rnn"
+checkpoint = "rnn.npz"
+dataset = "text.npz"
+calibration_examples = 32
+
+[variants.calibrated]
+drift_compensation = "global"
+calibrate = true
+[variants.readout]
+drift_compensation = "global"
+calibrate = "readout"
+"""
+
+
+def test_readout_refit_study_on_a_tiny_lstm(nets):
+    """The text is drawn from the digital network itself, so its distribution is the best
+    predictor and the read-out refit's target (the KL divergence from it) is the excess of
+    the bits per character over it: the refit must not raise them above the per-column fit's."""
+    model = _factory(nets, "char_rnn")
+    model.out.kernel[...] = 3.0 * model.out.kernel[...]  # confident predictions, sensitive to the chip's noise
+    x = _sample_text(model, jax.random.key(6), 64, 12)
+    mc.save_network(nets / "rnn.npz", model)
+    np.savez(nets / "text.npz", x=x[:32], x_cal=x[32:])
+    (nets / "study.toml").write_text(READOUT_STUDY)
+    sc = config.load_study_file(nets / "study.toml")
+    # The study file's option round trip: the variants, as stored in the study's spec, rebuild the same.
+    spec = sc.study.spec()["variants"]
+    assert [mc.Variant(**v) for v in spec] == list(sc.study.variants)
+    assert [v["calibrate"] for v in spec] == [True, "readout"]
+    assert "readout (drift_compensation=global, calibrated + read-out refit)" in sc.study.describe()
+    results = mc.run_study(sc.study, None, quiet=True, plots=False)
+    cal, readout = results.get("bpc", "calibrated")[:, 0], results.get("bpc", "readout")[:, 0]
+    d = readout - cal
+    assert np.all(np.isfinite(d))
+    assert d.mean() <= 5 * d.std(ddof=1) / math.sqrt(d.size), (cal, readout)
+    # Neither beats the text's own distribution beyond the evaluation sample's error.
+    logits = model(jnp.asarray(x[:32, :-1]))
+    bits = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(x[:32, 1:]))) / math.log(2)
+    floor = bits.mean() - 5 * bits.std() / math.sqrt(bits.size)
+    assert results.meta["reference"]["bpc"] == pytest.approx(bits.mean(), rel=1e-4)
+    assert cal.mean() > floor and readout.mean() > floor
