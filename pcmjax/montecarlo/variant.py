@@ -49,8 +49,9 @@ def check_calibrate(name: str, value) -> bool | str:
         return bool(value)
     if value == "readout":
         return value
-    raise (ValueError if isinstance(value, str) else TypeError)(f"{name} must be false, true (the per-column fit of every layer) or \"readout\" (the "
-                     f"per-column fit, then the read-out refit of the output layer), got {value!r}.")
+    error = ValueError if isinstance(value, str) else TypeError
+    raise error(f"{name} must be false, true (the per-column fit of every layer) or \"readout\" (the per-column "
+                f"fit, then the read-out refit of the output layer), got {value!r}.")
 
 
 def calibration_label(calibrate) -> str:
