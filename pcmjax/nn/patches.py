@@ -11,14 +11,13 @@ one-hot kernel, which XLA:CPU runs as a real convolution; the slices only move d
 
 from __future__ import annotations
 
-import itertools
 import typing as tp
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Padding = tp.Union[str, tp.Sequence[tp.Tuple[int, int]]]
+Padding = str | tp.Sequence[tuple[int, int]]
 
 
 def _dilate(size: int, factor: int) -> int:
