@@ -247,12 +247,9 @@ def _program(key, weights, device, cfg, tiles=None):
     )
     # The reference read right after programming and the prepared state at t = 0 see the
     # same devices at the same moment: one ageing (with exact wires, one nodal solve).
-    t0 = jnp.zeros((), jnp.float32)
-    with jax.named_scope("reference"):
-        aged = _aged(jax.random.fold_in(k_ref, 0), state, t0)
-        state = state.replace(gdc_ref=_references(jax.random.fold_in(k_ref, 1), state, aged))
-    _, k_read, _ = jax.random.split(jax.random.fold_in(k_ref, 2), 3)  # the split of _prepare
-    return _prepared(k_read, state, t0, aged)
+    gdc_ref, aged = _initial_reference(k_ref, state)
+    _, k_read = _prepare_keys(jax.random.fold_in(k_ref, 2))
+    return _prepared(k_read, state.replace(gdc_ref=gdc_ref), jnp.zeros((), jnp.float32), aged)
 
 
 def _aged(key, state: ChipState, t, **kw):
@@ -303,15 +300,22 @@ def _unfolded(state: ChipState) -> ChipState:
 
 
 def _initial_reference(key, state: ChipState):
-    """The drift-compensation reference read right after programming, ``[C, K]``."""
+    """The drift-compensation reference read right after programming, ``[C, K]``, and the
+    aged groups (:func:`_aged` at ``t = 0``) it read."""
     with jax.named_scope("reference"):
         aged = _aged(jax.random.fold_in(key, 0), state, jnp.zeros((), jnp.float32))
-        return _references(jax.random.fold_in(key, 1), state, aged)
+        return _references(jax.random.fold_in(key, 1), state, aged), aged
+
+
+def _prepare_keys(key):
+    """``(k_age, k_ref)`` of :func:`_prepare`: the ageing's key and the compensation read's."""
+    k_age, k_ref, _ = jax.random.split(key, 3)
+    return k_age, k_ref
 
 
 @partial(jax.jit, static_argnames=("effective",))
 def _device_conductances(key, state: ChipState, t, effective):
-    k_age, _, _ = jax.random.split(key, 3)  # the split of _prepare
+    k_age, _ = _prepare_keys(key)
     aged = _aged(k_age, state, t, effective=effective, variance=False)
     return compact.unblock([g for _, g, _, _ in aged], state.rows, state.cols)
 
@@ -320,7 +324,7 @@ def _device_conductances(key, state: ChipState, t, effective):
 def _prepare(key, state: ChipState, t):
     """The state at ``t``: aged conductances in the layout of the read, compensation factor."""
     state = _unfolded(state)
-    k_age, k_ref, _ = jax.random.split(key, 3)
+    k_age, k_ref = _prepare_keys(key)
     with jax.named_scope("age"):
         aged = _aged(k_age, state, t)
     return _prepared(k_ref, state, t, aged)
@@ -329,7 +333,7 @@ def _prepare(key, state: ChipState, t):
 def _prepared(k_ref, state: ChipState, t, aged) -> ChipState:
     """The state at ``t`` from its aged groups (:func:`_aged`): layout of the read, compensation.
 
-    ``k_ref`` is the key of the compensation read (the second of ``_prepare``'s split).
+    ``k_ref`` is the key of the compensation read (:func:`_prepare_keys`).
     """
     cfg = state.cfg
     if cfg.drift_compensation != "none":
@@ -378,4 +382,4 @@ def _apply_faults(key, state, stuck_set, stuck_reset, dead_columns):
     g, nu = faulty_conductances(k_f, state.g_prog, state.nu, dev.g_max, int(dev.num_devices),
                                 set_drift_exponent(dev, cfg.drift), stuck_set, stuck_reset, dead_columns)
     state = state.replace(g_prog=g, nu=nu)
-    return _prepare(k_t, state.replace(gdc_ref=_initial_reference(k_ref, state)), state.t)
+    return _prepare(k_t, state.replace(gdc_ref=_initial_reference(k_ref, state)[0]), state.t)
