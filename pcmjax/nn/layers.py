@@ -128,17 +128,19 @@ class AnalogLayer(nnx.Module):
         m = self.hwa.input_scale_momentum
         self.input_scale[...] = jnp.where(old > 0, m * old + (1 - m) * stat, stat)
 
+    def _hwa_key(self, rngs):
+        """The key of one HWA draw: from the call's ``rngs`` (a key or ``nnx.Rngs``), else the layer's own stream."""
+        if rngs is None:
+            return self.rngs.hwa()
+        if isinstance(rngs, nnx.Rngs):
+            return rngs.hwa()
+        return rngs
+
     def _analog_matmul(self, x2d, rngs):
         """``x2d @ matrix()`` in HWA or chip mode, ``[N, rows] → [N, cols]``."""
         if self.mode == "chip":
             return _context.chip_matmul(self, x2d)
-        if rngs is None:
-            key = self.rngs.hwa()
-        elif isinstance(rngs, nnx.Rngs):
-            key = rngs.hwa()
-        else:
-            key = rngs
-        return hwa_matmul(key, x2d, self.matrix(), self._input_range(x2d), self.hwa)
+        return hwa_matmul(self._hwa_key(rngs), x2d, self.matrix(), self._input_range(x2d), self.hwa)
 
     def _finish(self, y):
         if self.use_bias:

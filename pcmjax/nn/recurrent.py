@@ -158,9 +158,7 @@ class _AnalogCell(AnalogLayer):
     def _analog_matmul(self, x2d, rngs):
         held = (_HELD.get() or {}).get(self.cell_uid) if self.mode == "hwa" else None
         if held is not None:  # this sequence's weights, a fresh read
-            key = rngs.hwa() if isinstance(rngs, nnx.Rngs) else self.rngs.hwa() if rngs is None else rngs
-            scale = self._input_range(x2d)
-            return hwa_read(key, x2d, *held, scale, self.hwa)
+            return hwa_read(self._hwa_key(rngs), x2d, *held, self._input_range(x2d), self.hwa)
         if self.mode != "chip":
             return super()._analog_matmul(x2d, rngs)
         ctx = _context._CTX.get()
