@@ -135,3 +135,7 @@ def test_fit_readout_errors(aged):
     squashed = pnn.deploy(model, jax.random.key(1), pj.ChipConfig())
     with pytest.raises(ValueError, match="last analog layer"):
         pnn.fit_readout(squashed, jax.random.key(0), x)
+    with pytest.raises(ValueError, match="last analog layer"):
+        pnn.readout_layer(squashed, x)
+    i, bias = pnn.readout_layer(dep, x)  # a plain MLP: its last layer gives the logits
+    assert i == len(dep.layout.layers) - 1 and bias.shape == (dep.layout.layers[i].shape[1],)

@@ -236,14 +236,11 @@ class NetworkWorkload(Workload):
         layer's output (the refit changes that layer's per-column affine)."""
         if not variant.readout:
             return
-        dep = self._deployed()
-        last = pnn.layer_call_order(dep, self.x_cal[:1])[-1]
-        out, ref = jax.eval_shape(lambda v: dep.reference(v, record=True), jnp.asarray(self.x_cal[:1]))
-        if tuple(ref[last].shape) != tuple(out.shape):
-            raise ValueError(f"calibrate = \"readout\" refits the output layer for the network's output "
-                             f"distribution and needs a network whose output is its last analog layer's output "
-                             f"(logits); {self.description} outputs shape {tuple(out.shape)} after a last layer "
-                             f"{self.layer_names[last]!r} of shape {tuple(ref[last].shape)}. Use calibrate = true.")
+        try:
+            pnn.readout_layer(self._deployed(), jnp.asarray(self.x_cal[:1]))
+        except ValueError as e:
+            raise ValueError(f"calibrate = \"readout\" refits the output layer of {self.description} for the "
+                             f"network's output distribution, but: {e} Use calibrate = true.") from e
 
     def _calibration(self, key, dep, state, data, variant):
         """The variant's calibration of the aged chip ``state`` (identity if none)."""

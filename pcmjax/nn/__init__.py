@@ -19,7 +19,7 @@
 
 from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn._context import layer_call_order
-from pcmjax.nn.calibrate import calibrate, calibration_loss, fit_readout, make_calibrator
+from pcmjax.nn.calibrate import calibrate, calibration_loss, fit_readout, make_calibrator, readout_layer
 from pcmjax.nn.convert import CONVERTIBLE, convert, measure_input_ranges
 from pcmjax.nn.deploy import DeployedModel, LayerPlacement, Layout, deploy, identity_calibration, plan, tile_weights
 from pcmjax.nn.general import AnalogEinsum, AnalogLinearGeneral
@@ -50,7 +50,8 @@ __all__ = [
     "AnalogLinear", "AnalogConv", "AnalogLayer", "InputScale", "HWAConfig", "MODES", "set_mode", "clip_weights",
     "set_input_scales", "missing_input_ranges", "layer_call_order", "analog_layers", "deploy", "plan",
     "DeployedModel", "Layout", "LayerPlacement",
-    "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "fit_readout", "MLP",
+    "identity_calibration", "tile_weights", "calibrate", "calibration_loss", "make_calibrator", "fit_readout",
+    "readout_layer", "MLP",
     "SmallCNN",
     "ResNet9",
     "train", "accuracy", "predict", "deployed_accuracy", "layer_mvms",

@@ -58,9 +58,19 @@ def _unpack(params):
             "input_scale": jnp.exp(params["log_input_scale"])}
 
 
-def _readout(deployed: DeployedModel, x):
-    """``(index, bias [cols])`` of the layer whose output is the network's output: the last
-    one the forward pass calls, which must have the output's shape."""
+def readout_layer(deployed: DeployedModel, x):
+    """The output layer that :func:`fit_readout` refits, or a ValueError saying why there is none.
+
+    It is the last analog layer the forward pass calls, and its output must be the
+    network's output (logits), with a bias (if any) of one value per output column.
+
+    Args:
+      deployed: a :class:`DeployedModel`.
+      x: example inputs ``[N, ...]`` (shapes and dtype only).
+
+    Returns:
+      ``(index, bias [cols])``: the layer's ``chip_index`` and its bias (zeros without one).
+    """
     i = layer_call_order(deployed, x)[-1]
     out, ref = jax.eval_shape(lambda v: deployed.reference(v, record=True), x[:1])
     if tuple(ref[i].shape) != tuple(out.shape):
@@ -134,7 +144,7 @@ def fit_readout(deployed: DeployedModel, key, data, *, state=None, calibration=N
     check_float("learning_rate", learning_rate, 0.0, lo_open=True)
     state = deployed._programmed_state() if state is None else state
     calibration = deployed.calibration if calibration is None else calibration
-    return _fit_readout(deployed, _readout(deployed, x), state, calibration, key, x, deployed.reference(x), steps,
+    return _fit_readout(deployed, readout_layer(deployed, x), state, calibration, key, x, deployed.reference(x), steps,
                         learning_rate)
 
 
@@ -169,7 +179,7 @@ def make_calibrator(deployed: DeployedModel, data, *, steps: int = 200, learning
         check_int("batch_size", batch_size, 1)
     check_bool("learn_input_scales", learn_input_scales)
     check_int("readout_steps", readout_steps, 0)
-    readout = _readout(deployed, x) if readout_steps else None
+    readout = readout_layer(deployed, x) if readout_steps else None
     n = x.shape[0]
     bs = n if batch_size is None or batch_size >= n else int(batch_size)
     ref_out, ref = deployed.reference(x, record=True)
