@@ -23,12 +23,13 @@ $(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/pcmjax study
 
-# The suite runs on TEST_WORKERS processes (pytest-xdist), each test file on one of them so that
-# a file's fixtures are built once. TEST_WORKERS=0 runs it in this process.
+# The suite runs on TEST_WORKERS processes (pytest-xdist). A test file runs on one of them (its
+# fixtures are built once), but the long independent tests of a few files are shared out one by
+# one, the longest first (tests/conftest.py says which). TEST_WORKERS=0 runs it in this process.
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(BIN)/python -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 # The site goes to build/site. Notebooks run once and are kept in build/notebooks/ (`make test`
 # keeps them too); PCMJAX_DOCS_EXECUTE=0 builds without running any (pages without outputs).

@@ -625,6 +625,7 @@ def _smooth_weights():
 SMOOTH = BASE.only("programming_noise", "drift", "drift_noise", "read_noise")
 
 
+@pytest.mark.slow
 def test_check_grads_on_the_smooth_path():
     assert not SMOOTH.pwm.enabled and not SMOOTH.adc.enabled and SMOOTH.drift_compensation == "none"
     dev = HermesPCM(num_devices=2)

@@ -250,7 +250,7 @@ def test_set_changes_one_leaf(cfg, other, data):
     if path == "adc.bits" and cfg.adc.max_count is not None:
         assume(cfg.adc.max_count <= 2**value - 1)
     if path.startswith("faults.stuck_"):
-        partner = "faults.stuck_reset" if path.endswith("set") else "faults.stuck_set"
+        partner = "faults.stuck_reset" if path == "faults.stuck_set" else "faults.stuck_set"
         assume(value + get(cfg, partner) <= 1.0)
     new = cfg.set(path, value)
     assert get(new, path) == value

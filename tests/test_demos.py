@@ -44,6 +44,7 @@ def _paired_bound(a, b):
     return 5 * d.std(axis=0, ddof=1) / math.sqrt(d.shape[0])
 
 
+@pytest.mark.slow
 def test_char_lstm_smoke_learns_the_text_and_runs_on_the_chip(tmp_path):
     log = _run("char_lstm.py", tmp_path)
     summary = json.loads((tmp_path / "char_lstm_summary.json").read_text())
@@ -82,6 +83,7 @@ def test_char_lstm_encoding_keeps_the_most_frequent_characters():
     assert list(tokens[:4]) == [0, 0, 1, 2]
 
 
+@pytest.mark.slow
 def test_transformer_smoke_classifies_digits_on_the_chip(tmp_path):
     _run("transformer_rows.py", tmp_path)
     summary = json.loads((tmp_path / "transformer_summary.json").read_text())

@@ -58,6 +58,7 @@ def fitted(family):
     return _CACHE[family]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", list(TRUTHS))
 def test_round_trip_every_parameter_within_3_se(family):
     truth, data, res = fitted(family)

@@ -70,6 +70,8 @@ def subprocess_env(cache_dir, devices=1):
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     if cache_dir is not None:
         env.update(JAX_COMPILATION_CACHE_DIR=str(cache_dir), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    else:  # no persistent cache (not even the test session's): executables move between devices
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     # Keep the session's XLA flags (they change code generation, hence the last bits).
     env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
     return env
@@ -318,6 +320,7 @@ def test_identical_for_any_chunk_size(xla_cache, reference, chunk_size, instance
         assert np.array_equal(res.histograms["counts"], reference.histograms["counts"])
 
 
+@pytest.mark.slow
 def test_identical_on_one_two_or_four_devices(tmp_path, reference):
     """In a process with four (CPU) devices: 1, 2 or 4 of them, any chunk size, same bits."""
     (tmp_path / "s.toml").write_text(TINY_TOML)
@@ -412,6 +415,7 @@ def test_killed_run_resumes_to_identical_results(tmp_path, xla_cache, reference,
 
 
 # -- the network workload ------------------------------------------------------------------
+@pytest.mark.slow
 def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     from pcmjax import nn as pnn
 
@@ -465,6 +469,7 @@ def test_network_workload_and_checkpoint(tmp_path, xla_cache):
     assert (tmp_path / "out" / "figures" / "metrics_vs_time.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chip,variants", [
     (pj.ChipConfig(n_cores=3), (mc.DEFAULT_VARIANTS[0], mc.DEFAULT_VARIANTS[1])),  # none, gdc
     (pj.ChipConfig(n_cores=3, read_phases=4, faults=FaultConfig(stuck_set=0.01, dead_columns=0.02)),

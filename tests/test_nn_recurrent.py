@@ -125,6 +125,7 @@ def test_every_step_draws_fresh_read_noise_on_the_same_cores():
     np.testing.assert_array_equal(again[i], rec)  # the key decides everything
 
 
+@pytest.mark.slow
 def test_calibration_works_on_a_converted_lstm():
     model = _randomise(SeqNet(nnx.OptimizedLSTMCell, rngs=nnx.Rngs(0)), jax.random.key(2))
     analog = pnn.convert(model, data=X)

@@ -171,6 +171,7 @@ def test_calibrated_parameters_are_traceable():
     assert float(jax.jit(sd)(0.3)) > float(jax.jit(sd)(0.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2])
 def test_program_chip_with_verify_has_the_fitted_spread(n):
     """Drop-in for the fitted one-shot model: a chip programmed with ``method="verify"`` has,
