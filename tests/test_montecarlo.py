@@ -623,3 +623,21 @@ def test_calibrate_values_validation_and_round_trip():
         config.study_from_dict(cfg)
     cfg = dict(base, variants={"v": {"drift_compensation": "global", "calibrate": True}})
     assert config.study_from_dict(cfg).study.variants[0].calibrate is True
+
+
+def test_no_histograms_compile_no_histogram_branch():
+    """``histogram_instances=0``: the per-device program holds no conditional histogram
+    branch (less to compile), and the instances' values are those of a run with histograms."""
+    chip = pj.ChipConfig(n_cores=1, rows=8, cols=8)
+    st = mc.Study(mc.MVMWorkload(cores=1, rows=8, cols=8, batch=4), times=(1.0, 1e5), instances=3, chip=chip, seed=2)
+    args = (st.workload.data(), st.device, np.uint32(st.seed), np.asarray(st.times, np.float32), np.zeros(1, np.int32))
+
+    def conds(hist_instances):
+        jaxpr = jax.make_jaxpr(_programs.device_function(st, 1, hist_instances))(*args)
+        return str(jaxpr).count("cond[")
+
+    assert conds(0) == 0 and conds(2) >= 1
+    without = mc.run_study(st, None, quiet=True, histogram_instances=0)
+    with_hist = mc.run_study(st, None, quiet=True, histogram_instances=2)
+    assert without.histograms is None and with_hist.histograms["instances"] == 2
+    assert np.array_equal(without.values, with_hist.values)
