@@ -83,6 +83,16 @@ def test_study_results_and_refusal(tmp_path, study_file, capsys, xla_cache):
     assert "different study" in err and "seed" in err
 
 
+def test_study_without_histograms(tmp_path, study_file, capsys, xla_cache):
+    out = tmp_path / "out"
+    assert cli.main(["study", "--config", str(study_file), "-o", str(out), "--quiet", "--no-plots",
+                     "--no-compile-cache", "--histogram-instances", "0"]) == 0
+    assert (out / "results.npz").exists() and not (out / "conductances.npz").exists()
+    with pytest.raises(SystemExit):
+        cli.main(["study", "--config", str(study_file), "--histogram-instances", "-1"])
+    assert "--histogram-instances: must be an integer >= 0, got '-1'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("edit,message", [
     (("instances = 64", "instances = -5"), "instances must be an integer >= 1, got -5"),
     (("kind = \"mvm\"", "kind = \"mvp\""), "kind must be one of ('network', 'mvm'), got 'mvp'"),

@@ -231,6 +231,7 @@ def test_config_errors_name_the_key(tmp_path):
         ({"device": {"model": "memristor"}}, r"\[device\] model must be one of \('hermes', 'pcm_like'.*file ="),
         ({"run": {"vmap_width": 0}}, r"\[run\] vmap_width must be an integer >= 1, got 0"),
         ({"run": {"plots": "yes"}}, r"\[run\] plots must be True or False, got 'yes'"),
+        ({"run": {"histogram_instances": -1}}, r"\[run\] histogram_instances must be an integer >= 0, got -1"),
         ({"variants": {"v": {"drift_compensation": "often"}}}, r"variant 'v'.*must be one of"),
         ({"run": {"chunksize": 3}}, r"\[run\]: unknown key.*chunk_size"),
         ({"bogus": {}}, r"study file: unknown key\(s\) \['bogus'\]"),

@@ -12,11 +12,18 @@ import sys
 from pcmjax._validate import check_int
 
 
-def _positive_int(s):
-    try:
-        return check_int("the value", int(s), lo=1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
+def _int_at_least(lo: int, what: str):
+    """An argparse type: an integer ``>= lo`` (``what`` names it in the error)."""
+    def parse(s):
+        try:
+            return check_int("the value", int(s), lo=lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {s!r}") from None
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_non_negative_int = _int_at_least(0, "an integer >= 0")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", type=_positive_int, help="JAX devices to shard instances over (default: all)")
     s.add_argument("--vmap-width", type=_positive_int, help="instances each device evaluates at once (default: "
                    "from the memory budget; results are bit-identical for a given width)")
+    s.add_argument("--histogram-instances", type=_non_negative_int, help="instances pooled in the conductance "
+                   "histograms (default 8; 0: none, a smaller and faster program)")
     s.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress bar, messages or table")
     s.add_argument("--distributed", action="store_true", help="join a multi-process run (several hosts: the same "

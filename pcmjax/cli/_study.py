@@ -34,7 +34,7 @@ def run(args) -> int:
         mc.enable_compilation_cache(cache)
     overrides = {"instances": args.instances, "seed": args.seed, "output": args.output,
                  "chunk_size": args.chunk_size, "memory_budget": args.memory_budget, "devices": args.devices,
-                 "vmap_width": args.vmap_width}
+                 "vmap_width": args.vmap_width, "histogram_instances": args.histogram_instances}
     sc = mcc.load_study_file(args.config, overrides) if args.config else mcc.default_study(overrides)
     run_options = dict(sc.run)
     plots = bool(run_options.pop("plots", True)) and not args.no_plots

@@ -90,6 +90,8 @@ calibrate = true                    # per-column affine correction fitted at eve
 # memory_budget = "2GiB"
 # devices = 1                       # JAX devices to shard instances over (default: all)
 # vmap_width = 8                    # instances per device at once (results are bit-identical for a width)
+# histogram_instances = 8           # instances pooled in the conductance histograms; 0: none (a
+#                                   # smaller program, about a quarter faster per evaluation)
 # plots = true                      # write PNG figures
 """
 

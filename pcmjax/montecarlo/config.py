@@ -46,6 +46,7 @@ A study file (``pcmjax study --config study.toml``)::
     memory_budget = "2GiB"
     devices = 4
     vmap_width = 1              # instances per device at once (default: from the budget)
+    histogram_instances = 8     # instances in the conductance histograms (0: none, faster)
     plots = true
 
 ``pcmjax study --print-config`` prints a commented template of every key.
@@ -88,7 +89,7 @@ DEFAULT_INSTANCES = 100
 
 SECTIONS = ("study", "workload", "device", "chip", "variants", "run")
 STUDY_KEYS = ("name", "instances", "seed", "times", "metrics", "output")
-RUN_KEYS = ("chunk_size", "memory_budget", "devices", "plots", "vmap_width")
+RUN_KEYS = ("chunk_size", "memory_budget", "devices", "plots", "vmap_width", "histogram_instances")
 NETWORK_KEYS = ("kind", "model", "model_args", "exclude", "checkpoint", "dataset", "data_dir", "eval_examples",
                 "calibration_examples", "calibration", "calibration_steps", "n_chips")
 MVM_KEYS = ("kind", "cores", "rows", "cols", "batch", "calibration_batch", "weights", "inputs", "data_seed")
@@ -293,6 +294,8 @@ def study_from_dict(cfg: dict, base: Path = Path("."), overrides: dict | None = 
     for k in ("chunk_size", "devices", "vmap_width"):
         if run.get(k) is not None:
             _checked(check_int, f"[run] {k}", run[k], 1)
+    if run.get("histogram_instances") is not None:
+        _checked(check_int, "[run] histogram_instances", run["histogram_instances"], 0)
     if "plots" in run:
         _checked(check_bool, "[run] plots", run["plots"])
     if "memory_budget" in run:
