@@ -304,8 +304,6 @@ class AnalogConv(AnalogLayer):
             y = jax.lax.conv_general_dilated(x, self.kernel[...], self.strides, self.padding,
                                              lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
                                              dimension_numbers=dn)
-        elif self.mode == "chip" and _context.conv_read_applies(self):  # the image read directly
-            y = _context.chip_conv(self, x)
         else:
             p = extract_patches(x, self.kernel_size, self.strides, self.padding, self.input_dilation,
                                 self.kernel_dilation)
