@@ -78,11 +78,12 @@ def device_function(study: Study, width: int, histogram_instances: int = 0):
 
     def per_device(data, device, seed, times, ids):
         idx = jnp.maximum(ids, 0)
-        want = (ids >= 0) & (ids < histogram_instances)
-        none = jnp.zeros((width, n_v, n_t, HIST_BINS), jnp.float32)
-        hist = none if histogram_instances == 0 else jax.lax.cond(  # no histograms: no branch to compile
-            jnp.any(want), lambda: group_hist(data, device, seed, times, idx) * want[:, None, None, None],
-            lambda: none)
+        hist = jnp.zeros((width, n_v, n_t, HIST_BINS), jnp.float32)
+        if histogram_instances:  # without histograms, no branch to compile
+            want = (ids >= 0) & (ids < histogram_instances)
+            hist = jax.lax.cond(jnp.any(want),
+                                lambda: group_hist(data, device, seed, times, idx) * want[:, None, None, None],
+                                lambda: hist)
         return {"values": group(data, device, seed, times, idx), "hist": hist}
 
     return per_device

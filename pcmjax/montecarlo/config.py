@@ -291,11 +291,9 @@ def study_from_dict(cfg: dict, base: Path = Path("."), overrides: dict | None = 
     for k, v in (overrides or {}).items():
         if v is not None:
             (run if k in RUN_KEYS else st)[k] = v
-    for k in ("chunk_size", "devices", "vmap_width"):
+    for k, lo in (("chunk_size", 1), ("devices", 1), ("vmap_width", 1), ("histogram_instances", 0)):
         if run.get(k) is not None:
-            _checked(check_int, f"[run] {k}", run[k], 1)
-    if run.get("histogram_instances") is not None:
-        _checked(check_int, "[run] histogram_instances", run["histogram_instances"], 0)
+            _checked(check_int, f"[run] {k}", run[k], lo)
     if "plots" in run:
         _checked(check_bool, "[run] plots", run["plots"])
     if "memory_budget" in run:
