@@ -1,7 +1,7 @@
 """Device-model fits: round trips per family, misspecification, JSON, the chip, the CLI.
 
-Round trips: 4,000 devices (PCM-like: 8,192, since its low-conductance devices are too
-noisy to keep and its clipped laws need the levels well covered) with uniformly random
+Round trips: 4,000 devices (HERMES: 2,048; PCM-like: 8,192, since its low-conductance devices
+are too noisy to keep and its clipped laws need the levels well covered) with uniformly random
 targets, read at six times from 0 s to one day, simulated from a known model; the fit
 starts from a perturbed model (every estimated entry ×1.1, or +0.1 σ for the flexible law
 coefficients) and every estimated parameter must come back within 3 standard errors of
@@ -24,7 +24,7 @@ from pcmjax.fit import _params, cli_main, fit_device_model, simulate_measurement
 
 # The fit pads the devices to a power of two (compiled code is shared across fits): counts
 # at or just below one waste nothing.
-N_DEVICES = {"hermes": 4000, "pcm_like": 8192, "state_independent": 4000, "flexible": 4000}
+N_DEVICES = {"hermes": 2048, "pcm_like": 8192, "state_independent": 4000, "flexible": 4000}
 TIMES = (0.0, 60.0, 600.0, 3600.0, 36000.0, 86400.0)
 
 TRUTHS = {
