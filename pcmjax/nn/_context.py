@@ -132,8 +132,9 @@ def chip_matmul(layer, x2d):
     y = jnp.concatenate([y[:, j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)  # [n_r, N, out]
     if "tile_gamma" in cal:  # each core's digital unit scales its own columns before the digital sum
         y = y * cal["tile_gamma"][i][:, None, :]
-    # The row tiles' partial sums added one by one: XLA:CPU runs a reduction over this short
-    # leading axis as a library reduction several times slower than the elementwise adds.
+    # The row tiles' partial sums added one by one: XLA:CPU may run a reduction over this
+    # short leading axis as a library call (in the digits-CNN study 1.1 ms per evaluation,
+    # against 0.04 ms for the adds with the same scales fused in).
     total = functools.reduce(operator.add, [y[r] for r in range(n_r)])
     return (total * s) * cal["gamma"][i] + cal["beta"][i]
 
