@@ -46,19 +46,23 @@ def augment(key, x: np.ndarray) -> np.ndarray:
     return out
 
 
-def chip_accuracy(dep, states, cals, keys, x, y, batch: int):
-    """Accuracies ``[instances]`` of a chunk of chip instances on ``(x, y)``, in test batches."""
+def make_chip_accuracy(dep, batch: int):
+    """``(states, cals, keys, x, y) -> accuracies [instances]`` of a chunk of chip instances, in
+    test batches; one compiled program per deployment (and batch shape), reused at every time."""
     @jax.jit
     def correct(states, cals, keys, xb, yb):
         def one(state, cal, key):
             return jnp.sum(jnp.argmax(dep.apply(state, cal, key, xb), axis=-1) == yb)
         return jax.vmap(one)(states, cals, keys)
 
-    total = 0
-    for i in range(0, x.shape[0], batch):
-        ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-        total = total + correct(states, cals, ks, jnp.asarray(x[i:i + batch]), jnp.asarray(y[i:i + batch]))
-    return np.asarray(total) / x.shape[0]
+    def chip_accuracy(states, cals, keys, x, y):
+        total = 0
+        for i in range(0, x.shape[0], batch):
+            ks = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
+            total = total + correct(states, cals, ks, jnp.asarray(x[i:i + batch]), jnp.asarray(y[i:i + batch]))
+        return np.asarray(total) / x.shape[0]
+
+    return chip_accuracy
 
 
 def evaluate(dep, data, args, log, tag, x_cal=None):
@@ -69,6 +73,7 @@ def evaluate(dep, data, args, log, tag, x_cal=None):
     calibrate = None
     if x_cal is not None:
         calibrate = jax.jit(jax.vmap(pnn.make_calibrator(dep, x_cal, steps=args.cal_steps, batch_size=args.cal_batch)))
+    chip_accuracy = make_chip_accuracy(dep, args.eval_batch)
     all_keys = jax.random.split(jax.random.key(1000 + args.seed), args.instances)
     for c in range(0, args.instances, args.chunk):
         keys = all_keys[c:c + args.chunk]
@@ -78,10 +83,10 @@ def evaluate(dep, data, args, log, tag, x_cal=None):
         for i, t in enumerate(times):
             k = jax.vmap(lambda kk: jax.random.fold_in(kk, i))(keys)
             st = age(states, jax.vmap(lambda kk: jax.random.fold_in(kk, 1))(k), jnp.float32(t))
-            out[False][t].append(chip_accuracy(dep, st, ident, k, data.x_test, data.y_test, args.eval_batch))
+            out[False][t].append(chip_accuracy(st, ident, k, data.x_test, data.y_test))
             if calibrate is not None:
                 cals, _ = calibrate(st, jax.vmap(lambda kk: jax.random.fold_in(kk, 3))(k))
-                out[True][t].append(chip_accuracy(dep, st, cals, k, data.x_test, data.y_test, args.eval_batch))
+                out[True][t].append(chip_accuracy(st, cals, k, data.x_test, data.y_test))
         log(f"[{tag}] instances {c + 1}-{c + n} done")
     return {cal: {t: np.concatenate(v) for t, v in d.items() if v} for cal, d in out.items()}
 
