@@ -13,12 +13,13 @@ from __future__ import annotations
 import jax
 
 from pcmjax._validate import check_choice, check_inputs, check_instance, check_key
+from pcmjax.chip.conv import ConvGeometry, conv_contract
 from pcmjax.chip.read import make_read
 from pcmjax.chip.state import ChipState
 from pcmjax.config import ACTIVATION_NAMES, Activation
 from pcmjax.periphery.ldpu import digital_unit
 
-__all__ = ["mvm"]
+__all__ = ["mvm", "conv_mvm"]
 
 
 def mvm(key, state: ChipState, x, activation: Activation | None = None):
@@ -46,11 +47,39 @@ def mvm(key, state: ChipState, x, activation: Activation | None = None):
     return _mvm(key, state, x, activation)
 
 
-def _mvm_impl(key, state: ChipState, x, activation: Activation):
+def _mvm_impl(key, state: ChipState, x, activation: Activation, geometry: ConvGeometry | None = None):
+    contract = None if geometry is None else conv_contract(geometry)
     with jax.named_scope("read"):
-        counts = make_read(state.cfg)(key, x, state.w, state.var, state.adc_params())
+        counts = make_read(state.cfg, contract=contract)(key, x, state.w, state.var, state.adc_params())
     with jax.named_scope("digital_unit"):
         return digital_unit(counts, state.gamma, state.beta, state.comp, activation)
 
 
-_mvm = jax.jit(_mvm_impl, static_argnames=("activation",))
+_mvm = jax.jit(_mvm_impl, static_argnames=("activation", "geometry"))
+
+
+def conv_mvm(key, state: ChipState, image, geometry: ConvGeometry, activation: Activation | None = None):
+    """The MVMs of every output pixel of a convolution, read from the image (:mod:`pcmjax.chip.conv`).
+
+    Equal to ``mvm(key, state, x)`` with ``x`` each core's row chunk of the image's
+    patches, up to the order of the additions (one-phase reads).
+
+    Args:
+      key: a ``jax.random`` key (per-read and ADC noise).
+      state: a :class:`ChipState` whose cores hold the kernel matrix's row chunks
+        ``geometry.row_chunks`` (one per core).
+      image: ``[N, *spatial, in_features]`` inputs in [−1, 1].
+      geometry: the convolution (:class:`pcmjax.chip.conv.ConvGeometry`).
+      activation: digital-unit activation (default: ``state.cfg.activation``).
+
+    Returns:
+      ``[cores, N · prod(output spatial), cols]`` outputs in weight units.
+    """
+    check_instance("state", state, ChipState)
+    check_key(key)
+    if state.cfg.read_phases != 1 or len(geometry.row_chunks) != state.n_cores:
+        raise ValueError(f"a convolution read needs one-phase reads and one row chunk per core; got read_phases="
+                         f"{state.cfg.read_phases}, {len(geometry.row_chunks)} chunks for {state.n_cores} cores.")
+    activation = state.cfg.activation if activation is None else activation
+    check_choice("activation", activation, ACTIVATION_NAMES)
+    return _mvm(key, state, image, activation, geometry)

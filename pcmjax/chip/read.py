@@ -48,13 +48,17 @@ READ_KINDS = get_args(ReadKind)
 Read = Callable[..., "jnp.ndarray"]
 
 
-def make_read(cfg: ChipConfig, kind: ReadKind | None = None) -> Read:
+def make_read(cfg: ChipConfig, kind: ReadKind | None = None, contract=None) -> Read:
     """The read of a chip config: ``read(key, x, w, var, adc) -> counts``.
 
     Args:
       cfg: chip config (PWM, ADC, per-read noise, polarity asymmetry).
       kind: ``"one_phase"``, ``"four_phase"`` or ``"reference"``; default: the MVM read of
         ``cfg.read_phases``.
+      contract: ``contract(q, w) -> [C, B, K]`` charges of the encoded inputs ``q``, in
+        place of the one-phase read's ``einsum("cbr,crk->cbk")`` (and of ``q²`` against the
+        variances): a convolution read (:func:`pcmjax.chip.conv.conv_contract`), whose ``x``
+        is an image. One-phase reads only.
 
     Returns:
       ``read(key, x, w, var, adc)``, a pure function (jit-, vmap- and grad-able) of
@@ -73,13 +77,15 @@ def make_read(cfg: ChipConfig, kind: ReadKind | None = None) -> Read:
     """
     kind = {1: "one_phase", 4: "four_phase"}[cfg.read_phases] if kind is None else kind
     check_choice("kind", kind, READ_KINDS)
+    if contract is not None and kind != "one_phase":
+        raise ValueError(f"a contraction in place of the einsum is for one-phase reads, not kind={kind!r}.")
     convert = _make_convert(cfg)
 
     def one_phase(key, x, w, var, adc):
         q = pwm_encode(x, cfg.pwm)
         if cfg.polarity_asymmetry > 0:
             q = q * (1.0 + cfg.polarity_asymmetry * jnp.sign(q))
-        return convert(key, "cbr,crk->cbk", q, w[:, 0], var[:, 0], adc)
+        return convert(key, contract or "cbr,crk->cbk", q, w[:, 0], var[:, 0], adc)
 
     def four_phase(key, x, w, var, adc):
         q = pwm_encode(x, cfg.pwm)

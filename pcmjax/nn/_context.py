@@ -26,7 +26,9 @@ import numpy as np
 from flax import nnx
 
 from pcmjax._validate import check_finite_array, is_traced
-from pcmjax.chip.mvm import mvm
+from pcmjax.chip.conv import ConvGeometry
+from pcmjax.chip.mvm import conv_mvm, mvm
+from pcmjax.chip.patches import output_shape, patch_padding
 
 _CTX: contextvars.ContextVar = contextvars.ContextVar("pcmjax_nn_chip", default=None)
 
@@ -98,6 +100,44 @@ def slice_cores(state, start: int, n: int, rows: int | None = None, cols: int | 
     return state.replace(**changes)
 
 
+def _layer_call(layer):
+    """``(ctx, chip index, layer placement, calibration, input range)`` of a chip-mode call."""
+    ctx = _CTX.get()
+    if ctx is None or ctx.state is None or layer.chip_index is None:
+        raise RuntimeError(
+            "this analog layer is in 'chip' mode but is not running inside a deployed model; "
+            "use pcmjax.nn.deploy(model, key, config) and call the deployed model."
+        )
+    i = layer.chip_index
+    cal = ctx.calibration
+    # deploy() refuses a layer without a measured range; a range of 0 can only arrive with
+    # parameters swapped in under jit, where it cannot be checked: NaN marks it, never a default.
+    s0 = layer.input_scale[...]
+    s = jnp.where(s0 > 0, s0, jnp.nan) * cal["input_scale"][i]
+    return ctx, i, ctx.layout.layers[i], cal, s
+
+
+def _tile_cores(ctx, lp):
+    """The sub-state of the layer's tiles (tile ``(r, c)`` on core ``first_core + r·n_c + c``)."""
+    rows = max(b - a for a, b in lp.row_chunks)  # this layer's largest tile
+    cols = max(b - a for a, b in lp.col_chunks)
+    return slice_cores(ctx.state, lp.first_core, len(lp.row_chunks) * len(lp.col_chunks), rows, cols)
+
+
+def _combine(lp, cal, i, y, s):
+    """The layer's outputs from its tiles' ``[tiles, N, cols]``: column chunks joined, each
+    core's calibrated gain, row partial sums added, the layer's calibrated affine."""
+    y = y.reshape(len(lp.row_chunks), len(lp.col_chunks), *y.shape[1:])
+    y = jnp.concatenate([y[:, j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)  # [n_r, N, out]
+    if "tile_gamma" in cal:  # each core's digital unit scales its own columns before the digital sum
+        y = y * cal["tile_gamma"][i][:, None, :]
+    # The row tiles' partial sums added one by one: XLA:CPU may run a reduction over this
+    # short leading axis as a library call (in the digits-CNN study 1.1 ms per evaluation,
+    # against 0.04 ms for the adds with the same scales fused in).
+    total = functools.reduce(operator.add, [y[r] for r in range(y.shape[0])])
+    return (total * s) * cal["gamma"][i] + cal["beta"][i]
+
+
 def chip_matmul(layer, x2d):
     """``x2d @ layer.matrix()`` on the layer's tiles of the programmed chip.
 
@@ -107,36 +147,43 @@ def chip_matmul(layer, x2d):
     partial sums are added digitally, column chunks concatenated, then the calibrated
     per-column affine ``γ' y + β'`` of the layer is applied.
     """
-    ctx = _CTX.get()
-    if ctx is None or ctx.state is None or layer.chip_index is None:
-        raise RuntimeError(
-            "this analog layer is in 'chip' mode but is not running inside a deployed model; "
-            "use pcmjax.nn.deploy(model, key, config) and call the deployed model."
-        )
-    i = layer.chip_index
-    lp = ctx.layout.layers[i]
-    cal = ctx.calibration
-    # deploy() refuses a layer without a measured range; a range of 0 can only arrive with
-    # parameters swapped in under jit, where it cannot be checked: NaN marks it, never a default.
-    s0 = layer.input_scale[...]
-    s = jnp.where(s0 > 0, s0, jnp.nan) * cal["input_scale"][i]
+    ctx, i, lp, cal, s = _layer_call(layer)
     xs = x2d / s
-    rows = max(b - a for a, b in lp.row_chunks)  # this layer's largest tile
-    cols = max(b - a for a, b in lp.col_chunks)
+    rows = max(b - a for a, b in lp.row_chunks)
     xt = jnp.stack([jnp.pad(xs[:, a:b], ((0, 0), (0, rows - (b - a)))) for a, b in lp.row_chunks])
-    n_r, n_c = len(lp.row_chunks), len(lp.col_chunks)
-    xt = jnp.repeat(xt, n_c, axis=0)  # tile (r, c) sits on core first_core + r·n_c + c
-    sub = slice_cores(ctx.state, lp.first_core, n_r * n_c, rows, cols)
-    y = mvm(jax.random.fold_in(ctx.key, i), sub, xt)  # [tiles, N, cols]
-    y = y.reshape(n_r, n_c, *y.shape[1:])
-    y = jnp.concatenate([y[:, j, :, : b - a] for j, (a, b) in enumerate(lp.col_chunks)], axis=-1)  # [n_r, N, out]
-    if "tile_gamma" in cal:  # each core's digital unit scales its own columns before the digital sum
-        y = y * cal["tile_gamma"][i][:, None, :]
-    # The row tiles' partial sums added one by one: XLA:CPU may run a reduction over this
-    # short leading axis as a library call (in the digits-CNN study 1.1 ms per evaluation,
-    # against 0.04 ms for the adds with the same scales fused in).
-    total = functools.reduce(operator.add, [y[r] for r in range(n_r)])
-    return (total * s) * cal["gamma"][i] + cal["beta"][i]
+    xt = jnp.repeat(xt, len(lp.col_chunks), axis=0)  # tile (r, c) sits on core first_core + r·n_c + c
+    y = mvm(jax.random.fold_in(ctx.key, i), _tile_cores(ctx, lp), xt)  # [tiles, N, cols]
+    return _combine(lp, cal, i, y, s)
+
+
+def conv_read_applies(layer) -> bool:
+    """Whether a chip-mode convolution reads its image directly (:func:`chip_conv`): with
+    one-phase reads and at least ``CONV_READ_MIN_CHANNELS`` input channels."""
+    ctx = _CTX.get()
+    return (ctx is not None and ctx.state is not None and ctx.state.cfg.read_phases == 1
+            and layer.in_features >= CONV_READ_MIN_CHANNELS)
+
+
+# Below this many input channels the image patches are cheaper to read than the convolution
+# (XLA:CPU, digits CNN: patches 2.6x faster at 1 channel, the convolution 2-4.5x at 16-32).
+CONV_READ_MIN_CHANNELS = 8
+
+
+def chip_conv(layer, image):
+    """The convolution layer ``layer`` of ``image`` (``[N, *spatial, in]``) on its tiles,
+    ``[N, *out spatial, out]``: what :func:`chip_matmul` gives for the image's patches, read
+    without building them (:mod:`pcmjax.chip.conv`; same conversions and normals, the sums
+    in another order)."""
+    ctx, i, lp, cal, s = _layer_call(layer)
+    spatial, args = image.shape[1:-1], (layer.kernel_size, layer.strides)
+    dilations = (layer.input_dilation, layer.kernel_dilation)
+    pads = tuple(patch_padding(spatial, *args, layer.padding, *dilations))
+    n_c = len(lp.col_chunks)
+    geom = ConvGeometry(tuple(layer.kernel_size), tuple(layer.strides), pads, *map(tuple, dilations),
+                        layer.in_features, tuple(lp.row_chunks[t // n_c] for t in range(len(lp.row_chunks) * n_c)))
+    y = conv_mvm(jax.random.fold_in(ctx.key, i), _tile_cores(ctx, lp), image / s, geom)  # [tiles, N·pixels, cols]
+    out = output_shape(spatial, *args, pads, *dilations)
+    return _combine(lp, cal, i, y, s).reshape(image.shape[0], *out, -1)
 
 
 def layer_call_order(deployed, x) -> tuple[int, ...]:

@@ -44,7 +44,7 @@ from pcmjax._validate import check_choice, check_instance, check_int
 from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
 from pcmjax.nn.hwa import clip_kernel, hwa_matmul, input_statistic
-from pcmjax.nn.patches import extract_patches
+from pcmjax.chip.patches import extract_patches
 
 Mode = Literal["digital", "hwa", "chip"]
 MODES = get_args(Mode)
@@ -233,7 +233,11 @@ class AnalogConv(AnalogLayer):
     The kernel ``[*kernel_size, in_features, out_features]`` is held on the chip as the
     matrix ``[in_features · prod(kernel_size), out_features]`` (channel-major rows, the
     order of ``jax.lax.conv_general_dilated_patches``); every output pixel is one MVM of
-    its input patch (:func:`pcmjax.nn.patches.extract_patches`).
+    its input patch (:func:`pcmjax.chip.patches.extract_patches`). On a deployed chip with
+    one-phase reads, a layer of at least 8 input channels reads the encoded image directly
+    as convolutions (:mod:`pcmjax.chip.conv`: the same conversions and normals, without
+    building the patches); its derivatives are then reverse-mode only (``jax.grad``, not
+    ``jax.jvp``).
 
     Args:
       in_features, out_features: input and output channels.
@@ -304,6 +308,8 @@ class AnalogConv(AnalogLayer):
             y = jax.lax.conv_general_dilated(x, self.kernel[...], self.strides, self.padding,
                                              lhs_dilation=self.input_dilation, rhs_dilation=self.kernel_dilation,
                                              dimension_numbers=dn)
+        elif self.mode == "chip" and _context.conv_read_applies(self):  # the image read directly
+            y = _context.chip_conv(self, x)
         else:
             p = extract_patches(x, self.kernel_size, self.strides, self.padding, self.input_dilation,
                                 self.kernel_dilation)

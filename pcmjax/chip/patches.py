@@ -51,6 +51,17 @@ def patch_padding(spatial_shape: tp.Sequence[int], kernel_size: tp.Sequence[int]
     return pads
 
 
+def output_shape(spatial_shape: tp.Sequence[int], kernel_size: tp.Sequence[int], strides: tp.Sequence[int],
+                 pads: tp.Sequence[tuple[int, int]], input_dilation: tp.Sequence[int],
+                 kernel_dilation: tp.Sequence[int]) -> list[int]:
+    """Output pixels per spatial axis of the convolution (``pads`` from :func:`patch_padding`)."""
+    out = []
+    for size, k, s, (lo, hi), di, dk in zip(spatial_shape, kernel_size, strides, pads, input_dilation, kernel_dilation):
+        padded, window = _dilate(size, di) + lo + hi, _dilate(k, dk)
+        out.append((padded - window) // s + 1 if padded >= window else 0)
+    return out
+
+
 def extract_patches(x: jax.Array, kernel_size: tp.Sequence[int], strides: tp.Sequence[int], padding: Padding,
                     input_dilation: tp.Sequence[int], kernel_dilation: tp.Sequence[int]) -> jax.Array:
     """The patches of a channels-last convolution, ``[N, *spatial, C] → [N, *out, C · prod(kernel_size)]``.
@@ -75,9 +86,7 @@ def extract_patches(x: jax.Array, kernel_size: tp.Sequence[int], strides: tp.Seq
     pads = patch_padding(x.shape[1:-1], kernel_size, strides, padding, input_dilation, kernel_dilation)
     config = [(0, 0, 0)] + [(lo, hi, d - 1) for (lo, hi), d in zip(pads, input_dilation)] + [(0, 0, 0)]
     xp = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
-    window = [_dilate(k, r) for k, r in zip(kernel_size, kernel_dilation)]
-    out = [(size - w) // s + 1 if size >= w else 0
-           for size, w, s in zip(xp.shape[1:-1], window, strides)]
+    out = output_shape(x.shape[1:-1], kernel_size, strides, pads, input_dilation, kernel_dilation)
     features = x.shape[-1] * int(np.prod(kernel_size))
     if 0 in out or 0 in kernel_size:
         return jnp.zeros((x.shape[0], *out, features), x.dtype)
