@@ -12,11 +12,12 @@ from jax.test_util import check_grads
 
 import pcmjax as pj
 from pcmjax import nn as pnn
+from pcmjax.chip import conv as conv_module
 from pcmjax.chip.conv import ConvGeometry, _batched_convolution, conv_contract
 from pcmjax.chip.mvm import conv_mvm
+from pcmjax.chip.patches import extract_patches
 from pcmjax.chip.read import make_read
 from pcmjax.nn import _context
-from pcmjax.chip.patches import extract_patches
 
 
 def _image(n=6, size=7, channels=10, seed=0):
@@ -149,20 +150,22 @@ def test_batched_kernels_equal_vmap_of_the_convolution(inner, outer):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+def groups(jaxpr):
+    """``(feature_group_count, batch_group_count)`` of every convolution in ``jaxpr``."""
+    out = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            out.append((eqn.params["feature_group_count"], eqn.params["batch_group_count"]))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            out += groups(sub)
+    return out
+
+
 def test_batched_kernels_make_no_grouped_convolution():
     """A kernel per image under ``vmap`` runs as one convolution per kernel; one image for
     several kernels as one convolution with the kernels side by side: never a grouped one."""
     conv = _batched_convolution(_GEOM)
     q, k = _batch((0, 0), (0, 0))
-
-    def groups(jaxpr):
-        out = []
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                out.append((eqn.params["feature_group_count"], eqn.params["batch_group_count"]))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                out += groups(sub)
-        return out
 
     per_image = groups(jax.make_jaxpr(jax.vmap(jax.vmap(conv)))(q, k).jaxpr)
     assert per_image == [(1, 1)] * 6
@@ -203,3 +206,15 @@ def test_calibration_gradients_of_a_deployed_cnn_equal_the_patches_read(monkeypa
             a, b = np.asarray(a), np.asarray(b)
             assert np.all(np.isfinite(a)) and np.abs(b).max() > 0
             np.testing.assert_allclose(a, b, atol=0.05 * np.abs(b).max(), rtol=0.05)
+
+
+def test_off_the_cpu_a_kernel_per_image_stays_one_grouped_convolution(monkeypatch):
+    """GPU and TPU libraries run grouped convolutions well: there the rule keeps ``vmap``'s
+    grouped convolution (same values), and only the shared-image case is rewritten."""
+    monkeypatch.setattr(conv_module, "loops_over_kernels", lambda: False)
+    conv = _batched_convolution(_GEOM)
+    q, k = _batch((0, 0), (0, 0))
+    f = jax.vmap(conv)
+    assert groups(jax.make_jaxpr(f)(q[0], k[0]).jaxpr) == [(2, 1)]
+    assert groups(jax.make_jaxpr(jax.vmap(conv, in_axes=(None, 0)))(q[0, 0], k[0]).jaxpr) == [(1, 1)]
+    np.testing.assert_allclose(f(q[0], k[0]), jax.vmap(_reference_conv)(q[0], k[0]), rtol=1e-5, atol=1e-5)

@@ -79,6 +79,13 @@ def conv_contract(geometry: ConvGeometry):
 UNROLL_LIMIT = 16
 
 
+def loops_over_kernels() -> bool:
+    """Whether a batch of kernels, each with its own image, runs as one convolution per
+    kernel (XLA:CPU, where the grouped convolution costs the batch times one group's work)
+    rather than as ``vmap`` makes it, one grouped convolution (GPU and TPU)."""
+    return jax.default_backend() == "cpu"
+
+
 def _each(axis_size, fn, args, in_batched):
     """``fn`` of every element of a batch (unbatched arguments shared), stacked."""
     args = [a if b else jnp.broadcast_to(a, (axis_size, *a.shape)) for a, b in zip(args, in_batched)]
@@ -94,8 +101,8 @@ def _batched_convolution(g: ConvGeometry):
     kernels one grouped convolution, which XLA:CPU runs as a dense convolution with a
     block-diagonal kernel (one group's work times the batch). Here a batch of kernels is
     read instead as one convolution with the kernels side by side in the output channels
-    (one image for all of them) or as one convolution per kernel (an image per kernel).
-    The values are those of ``vmap``.
+    (one image for all of them) or, on the CPU, as one convolution per kernel (an image per
+    kernel; :func:`loops_over_kernels`). The values are those of ``vmap``.
 
     The reverse-mode derivative is that of the same product written as image patches times
     the kernel matrix (:func:`pcmjax.chip.patches.extract_patches`): XLA:CPU runs the
@@ -131,6 +138,8 @@ def _batched_convolution(g: ConvGeometry):
             side = jnp.moveaxis(kernel, 0, -2).reshape(*kernel.shape[1:-1], axis_size * k)
             y = forward(q, side)
             return jnp.moveaxis(y.reshape(*y.shape[:-1], axis_size, k), -2, 0), True
+        if not loops_over_kernels():  # GPU/TPU libraries run grouped convolutions well
+            return jax.vmap(plain)(q, kernel), True
         return _each(axis_size, forward, (q, kernel), in_batched), True
 
     @jax.custom_vjp

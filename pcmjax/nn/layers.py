@@ -41,10 +41,10 @@ from flax import nnx
 
 from pcmjax import _streams
 from pcmjax._validate import check_choice, check_instance, check_int
+from pcmjax.chip.patches import extract_patches
 from pcmjax.config.hwa import HWAConfig
 from pcmjax.nn import _context
 from pcmjax.nn.hwa import clip_kernel, hwa_matmul, input_statistic
-from pcmjax.chip.patches import extract_patches
 
 Mode = Literal["digital", "hwa", "chip"]
 MODES = get_args(Mode)
