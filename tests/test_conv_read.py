@@ -53,8 +53,8 @@ def test_conv_mvm_on_an_ideal_chip_is_the_convolution():
     np.testing.assert_allclose(np.asarray(y[0]), np.asarray(want).reshape(-1, 8), rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="one row chunk per core"):
         conv_mvm(jax.random.key(5), state, x, ConvGeometry((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 10, ()))
-    with pytest.raises(ValueError, match="one-phase reads"):
-        make_read(cfg, "four_phase", contract=conv_contract(geom))
+    with pytest.raises(ValueError, match="not kind='reference'"):
+        make_read(cfg, "reference", contract=conv_contract(geom))
 
 
 def _has_convolution(jaxpr) -> bool:
@@ -101,13 +101,44 @@ def test_deployed_cnn_reads_the_same_counts_as_from_patches(monkeypatch):
         assert np.array_equal(np.asarray(direct[i]), np.asarray(patched[i])), i
 
 
-def test_four_phase_convolutions_read_their_patches():
+def test_four_phase_contract_is_each_sign_against_each_polarity():
+    """Four-phase: the image's positive and negative parts against both polarities of every
+    core, ``[C, sign, polarity, B, K]``, each its row chunk of the patches times its rows."""
+    x = jnp.stack([jnp.maximum(_image(), 0.0), jnp.maximum(-_image(), 0.0)])
+    chunks = ((0, 40), (40, 90), (90, 90))
+    w = jax.random.normal(jax.random.key(1), (3, 2, 50, 5))
+    geom = ConvGeometry((3, 3), (2, 1), ((0, 1), (2, 0)), (1, 1), (1, 2), 10, chunks)
+    got = conv_contract(geom)(x, w)
+    assert got.shape == (3, 2, 2, 6 * 3 * 5, 5)  # 6 images of 3 × 5 output pixels
+    for sign in range(2):
+        p = extract_patches(x[sign], (3, 3), (2, 1), ((0, 1), (2, 0)), (1, 1), (1, 2))
+        p = np.asarray(p, np.float64).reshape(-1, 90)
+        for c, (a, b) in enumerate(chunks):
+            for pol in range(2):
+                want = p[:, a:b] @ np.asarray(w[c, pol, :b - a], np.float64)
+                np.testing.assert_allclose(np.asarray(got[c, sign, pol]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_four_phase_deployed_cnn_reads_the_same_counts_as_from_patches(monkeypatch):
+    """Four-phase reads of a deployed CNN: the same conversions and normals as from patches."""
     model = pnn.SmallCNN(rngs=nnx.Rngs(0))
-    x = jax.random.uniform(jax.random.key(6), (4, 8, 8, 1))
+    x = jax.random.uniform(jax.random.key(6), (6, 8, 8, 1))
     pnn.set_input_scales(model, x)
     dep = pnn.deploy(model, jax.random.key(7), pj.ChipConfig(n_cores=8, read_phases=4))
-    y = dep(jax.random.key(9), x)
-    assert y.shape == (4, 10) and bool(jnp.all(jnp.isfinite(y)))
+
+    def run():
+        fn = lambda xx: dep.apply(dep.state, dep.calibration, jax.random.key(9), xx, record=True)  # noqa: E731
+        return _has_convolution(jax.make_jaxpr(fn)(x).jaxpr), fn(x)[1]
+
+    conv, direct = run()
+    monkeypatch.setattr(_context, "CONV_READ_MIN_CHANNELS", 10**9)
+    jax.clear_caches()
+    no_conv, patched = run()
+    assert conv and not no_conv
+    for i in (1, 2):
+        a, b = np.asarray(direct[i]), np.asarray(patched[i])
+        assert np.mean(a == b) > 0.99, i
+        assert np.max(np.abs(a - b)) < 0.05 * np.max(np.abs(b)), i
 
 
 # -- batches of kernels (a study's times, a vmap over chips) --------------------------------

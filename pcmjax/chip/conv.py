@@ -51,24 +51,36 @@ class ConvGeometry:
 
 
 def conv_contract(geometry: ConvGeometry):
-    """``contract(q, w) -> [C, B, K]``: each core's charges for the encoded image ``q``.
+    """``contract(q, w)``: each core's charges for the encoded image ``q``.
 
-    ``q`` is ``[N, *spatial, in_features]``; ``w`` is ``[C, R, K]`` (core ``c`` holds matrix
-    rows ``row_chunks[c]`` in its first rows); ``B = N · prod(output spatial)``, in the order
-    of the patches. Pass it as ``make_read(cfg, contract=...)`` (one-phase reads).
+    One-phase: ``q`` is ``[N, *spatial, in_features]`` and ``w`` is ``[C, R, K]`` (core ``c``
+    holds matrix rows ``row_chunks[c]`` in its first rows); returns ``[C, B, K]`` with
+    ``B = N · prod(output spatial)``, in the order of the patches. Four-phase: ``q`` is
+    ``[2, N, ...]`` (the image's positive and negative parts) and ``w`` is ``[C, 2, R, K]``
+    (the two polarities); returns ``[C, 2, 2, B, K]`` (input sign, polarity), read as one
+    convolution per core, the two parts as one batch and the two polarities side by side.
+    Pass it as ``make_read(cfg, contract=...)``.
     """
     g = geometry
     n = len(g.kernel_size)
     to_kernel = tuple(range(1, n + 1)) + (0, n + 1)  # [in, *kernel_size, K] → [*kernel_size, in, K]
     conv = _batched_convolution(g)
 
+    def kernel(chunk, wc):  # a core's rows [R, K] → the kernel [*kernel_size, in, K] of the whole matrix
+        (first, stop), k = chunk, wc.shape[-1]
+        rows = jnp.zeros((g.rows, k), wc.dtype).at[first:stop].set(wc[:stop - first])
+        return jnp.transpose(rows.reshape(g.in_features, *g.kernel_size, k), to_kernel)
+
     def contract(q, w):
         k = w.shape[-1]
+        if w.ndim == 3:  # one-phase
+            return jnp.stack([conv(q, kernel(chunk, w[c])).reshape(-1, k) for c, chunk in enumerate(g.row_chunks)])
+        images = q.reshape(-1, *q.shape[2:])  # [2N, ...]: positive parts, then negative
         out = []
-        for c, (first, stop) in enumerate(g.row_chunks):
-            rows = jnp.zeros((g.rows, k), w.dtype).at[first:stop].set(w[c, :stop - first])
-            kernel = jnp.transpose(rows.reshape(g.in_features, *g.kernel_size, k), to_kernel)
-            out.append(conv(q, kernel).reshape(-1, k))
+        for c, chunk in enumerate(g.row_chunks):
+            both = jnp.moveaxis(w[c], 0, -2).reshape(w.shape[2], 2 * k)  # [R, (polarity, K)]
+            y = conv(images, kernel(chunk, both)).reshape(2, -1, 2, k)  # [sign, B, polarity, K]
+            out.append(jnp.moveaxis(y, 2, 1))
         return jnp.stack(out)
 
     return contract

@@ -62,7 +62,7 @@ def conv_mvm(key, state: ChipState, image, geometry: ConvGeometry, activation: A
     """The MVMs of every output pixel of a convolution, read from the image (:mod:`pcmjax.chip.conv`).
 
     Equal to ``mvm(key, state, x)`` with ``x`` each core's row chunk of the image's
-    patches, up to the order of the additions (one-phase reads).
+    patches, up to the order of the additions (one- and four-phase reads).
 
     Args:
       key: a ``jax.random`` key (per-read and ADC noise).
@@ -77,9 +77,9 @@ def conv_mvm(key, state: ChipState, image, geometry: ConvGeometry, activation: A
     """
     check_instance("state", state, ChipState)
     check_key(key)
-    if state.cfg.read_phases != 1 or len(geometry.row_chunks) != state.n_cores:
-        raise ValueError(f"a convolution read needs one-phase reads and one row chunk per core; got read_phases="
-                         f"{state.cfg.read_phases}, {len(geometry.row_chunks)} chunks for {state.n_cores} cores.")
+    if len(geometry.row_chunks) != state.n_cores:
+        raise ValueError(f"a convolution read needs one row chunk per core; got {len(geometry.row_chunks)} chunks "
+                         f"for {state.n_cores} cores.")
     activation = state.cfg.activation if activation is None else activation
     check_choice("activation", activation, ACTIVATION_NAMES)
     return _mvm(key, state, image, activation, geometry)

@@ -55,10 +55,12 @@ def make_read(cfg: ChipConfig, kind: ReadKind | None = None, contract=None) -> R
       cfg: chip config (PWM, ADC, per-read noise, polarity asymmetry).
       kind: ``"one_phase"``, ``"four_phase"`` or ``"reference"``; default: the MVM read of
         ``cfg.read_phases``.
-      contract: ``contract(q, w) -> [C, B, K]`` charges of the encoded inputs ``q``, in
-        place of the one-phase read's ``einsum("cbr,crk->cbk")`` (and of ``q²`` against the
-        variances): a convolution read (:func:`pcmjax.chip.conv.conv_contract`), whose ``x``
-        is an image. One-phase reads only.
+      contract: the charges of the encoded inputs in place of the MVM reads' ``einsum``
+        (and of their squares against the variances): a convolution read
+        (:func:`pcmjax.chip.conv.conv_contract`), whose ``x`` is an image. One-phase:
+        ``contract(q, w[:, 0]) -> [C, B, K]``; four-phase: ``contract(qs, w) -> [C, 2, 2, B, K]``
+        with ``qs`` the image's positive and negative parts stacked first. Not for the
+        reference read.
 
     Returns:
       ``read(key, x, w, var, adc)``, a pure function (jit-, vmap- and grad-able) of
@@ -77,8 +79,9 @@ def make_read(cfg: ChipConfig, kind: ReadKind | None = None, contract=None) -> R
     """
     kind = {1: "one_phase", 4: "four_phase"}[cfg.read_phases] if kind is None else kind
     check_choice("kind", kind, READ_KINDS)
-    if contract is not None and kind != "one_phase":
-        raise ValueError(f"a contraction in place of the einsum is for one-phase reads, not kind={kind!r}.")
+    if contract is not None and kind == "reference":
+        raise ValueError("a contraction in place of the einsum is for the MVM reads (one- or four-phase), not "
+                         "kind='reference'.")
     convert = _make_convert(cfg)
 
     def one_phase(key, x, w, var, adc):
@@ -89,6 +92,9 @@ def make_read(cfg: ChipConfig, kind: ReadKind | None = None, contract=None) -> R
 
     def four_phase(key, x, w, var, adc):
         q = pwm_encode(x, cfg.pwm)
+        if contract is not None:  # an image: its two signs stacked first
+            c4 = convert(key, contract, jnp.stack([jnp.maximum(q, 0.0), jnp.maximum(-q, 0.0)]), w, var, adc)
+            return _combine_phases(c4)
         qs = jnp.stack([jnp.maximum(q, 0.0), jnp.maximum(-q, 0.0)], axis=1)  # [C, 2, B, R]
         c4 = convert(key, "cpbr,cqrk->cpqbk", qs, w, var, adc)
         return _combine_phases(c4)

@@ -158,10 +158,9 @@ def chip_matmul(layer, x2d):
 
 def conv_read_applies(layer) -> bool:
     """Whether a chip-mode convolution reads its image directly (:func:`chip_conv`): with
-    one-phase reads and at least ``CONV_READ_MIN_CHANNELS`` input channels."""
+    at least ``CONV_READ_MIN_CHANNELS`` input channels."""
     ctx = _CTX.get()
-    return (ctx is not None and ctx.state is not None and ctx.state.cfg.read_phases == 1
-            and layer.in_features >= CONV_READ_MIN_CHANNELS)
+    return ctx is not None and ctx.state is not None and layer.in_features >= CONV_READ_MIN_CHANNELS
 
 
 # Below this many input channels the image patches are cheaper to read than the convolution

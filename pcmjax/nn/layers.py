@@ -233,8 +233,8 @@ class AnalogConv(AnalogLayer):
     The kernel ``[*kernel_size, in_features, out_features]`` is held on the chip as the
     matrix ``[in_features · prod(kernel_size), out_features]`` (channel-major rows, the
     order of ``jax.lax.conv_general_dilated_patches``); every output pixel is one MVM of
-    its input patch (:func:`pcmjax.chip.patches.extract_patches`). On a deployed chip with
-    one-phase reads, a layer of at least 8 input channels reads the encoded image directly
+    its input patch (:func:`pcmjax.chip.patches.extract_patches`). On a deployed chip, a
+    layer of at least 8 input channels reads the encoded image directly
     as convolutions (:mod:`pcmjax.chip.conv`: the same conversions and normals, without
     building the patches); its derivatives are then reverse-mode only (``jax.grad``, not
     ``jax.jvp``).
