@@ -51,6 +51,12 @@ def test_conv_mvm_on_an_ideal_chip_is_the_convolution():
     y = conv_mvm(jax.random.key(5), state, x, geom)
     want = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(np.asarray(y[0]), np.asarray(want).reshape(-1, 8), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"image must have shape \[N, 2 spatial axes, in_features=10\]"):
+        conv_mvm(jax.random.key(5), state, x[..., :9], geom)
+    with pytest.raises(ValueError, match="image"):
+        conv_mvm(jax.random.key(5), state, x.at[0, 0, 0, 0].set(jnp.nan), geom)
+    with pytest.raises(TypeError, match="geometry"):
+        conv_mvm(jax.random.key(5), state, x, (3, 3))
     with pytest.raises(ValueError, match="one row chunk per core"):
         conv_mvm(jax.random.key(5), state, x, ConvGeometry((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 10, ()))
     with pytest.raises(ValueError, match="not kind='reference'"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax
 
-from pcmjax._validate import check_choice, check_inputs, check_instance, check_key
+from pcmjax._validate import check_choice, check_finite_array, check_inputs, check_instance, check_key
 from pcmjax.chip.conv import ConvGeometry, conv_contract
 from pcmjax.chip.read import make_read
 from pcmjax.chip.state import ChipState
@@ -77,6 +77,12 @@ def conv_mvm(key, state: ChipState, image, geometry: ConvGeometry, activation: A
     """
     check_instance("state", state, ChipState)
     check_key(key)
+    check_instance("geometry", geometry, ConvGeometry)
+    image = check_finite_array(image, "image")
+    n = len(geometry.kernel_size)
+    if image.ndim != n + 2 or image.shape[-1] != geometry.in_features:
+        raise ValueError(f"image must have shape [N, {n} spatial axes, in_features={geometry.in_features}], got "
+                         f"shape {tuple(image.shape)}.")
     if len(geometry.row_chunks) != state.n_cores:
         raise ValueError(f"a convolution read needs one row chunk per core; got {len(geometry.row_chunks)} chunks "
                          f"for {state.n_cores} cores.")
