@@ -255,3 +255,15 @@ def test_off_the_cpu_a_kernel_per_image_stays_one_grouped_convolution(monkeypatc
     assert groups(jax.make_jaxpr(f)(q[0], k[0]).jaxpr) == [(2, 1)]
     assert groups(jax.make_jaxpr(jax.vmap(conv, in_axes=(None, 0)))(q[0, 0], k[0]).jaxpr) == [(1, 1)]
     np.testing.assert_allclose(f(q[0], k[0]), jax.vmap(_reference_conv)(q[0], k[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_more_kernels_than_written_out_run_in_a_loop():
+    """Beyond ``UNROLL_LIMIT`` kernels per batch the convolutions run in a ``lax.map`` loop:
+    the same values as ``vmap`` of the plain convolution."""
+    conv = _batched_convolution(_GEOM)
+    n = conv_module.UNROLL_LIMIT + 1
+    q = jax.random.normal(jax.random.key(3), (n, 2, 5, 7, 4))
+    k = jax.random.normal(jax.random.key(4), (n, 3, 3, 4, 6))
+    jaxpr = jax.make_jaxpr(jax.vmap(conv))(q, k).jaxpr
+    assert groups(jaxpr) == [(1, 1)]  # one convolution, inside the loop's body
+    np.testing.assert_allclose(jax.vmap(conv)(q, k), jax.vmap(_reference_conv)(q, k), rtol=1e-5, atol=1e-5)
