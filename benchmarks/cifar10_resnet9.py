@@ -143,8 +143,9 @@ def main(argv=None):
     log(f"HWA fine-tuning: {h['seconds']:.0f} s, digital test accuracy {100 * acc_hwa:.2f} %")
 
     cfg = pj.ChipConfig()
-    dep_f = pnn.deploy(model, jax.random.key(args.seed), cfg, n_chips=args.n_chips)
-    dep_h = pnn.deploy(hwa_model, jax.random.key(args.seed), cfg, n_chips=args.n_chips)
+    # program=False: every chip instance is programmed below, from its own key
+    dep_f = pnn.deploy(model, jax.random.key(args.seed), cfg, n_chips=args.n_chips, program=False)
+    dep_h = pnn.deploy(hwa_model, jax.random.key(args.seed), cfg, n_chips=args.n_chips, program=False)
     log(dep_h.report())
     res_f = evaluate(dep_f, data, args, log, "float")
     x_cal = data.x_train[:args.cal_examples] if args.calibrate else None

@@ -79,7 +79,7 @@ def chip_config(args) -> pj.ChipConfig:
 def evaluate(model, data, x_cal, args, calibrate: bool, log, tag):
     """``{time_s: accuracies[instances]}`` for a model on ``args.instances`` chips (and calibrated)."""
     cfg = chip_config(args)
-    dep = pnn.deploy(model, jax.random.key(args.seed), cfg)
+    dep = pnn.deploy(model, jax.random.key(args.seed), cfg, program=False)  # each instance is programmed below
     keys = jax.random.split(jax.random.key(1000 + args.seed), args.instances)  # same chips for every variant
     states = jax.vmap(dep.program)(keys)  # (weights stay an argument of the jitted program)
     x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
