@@ -57,6 +57,9 @@ def test_conv_mvm_on_an_ideal_chip_is_the_convolution():
         conv_mvm(jax.random.key(5), state, x.at[0, 0, 0, 0].set(jnp.nan), geom)
     with pytest.raises(TypeError, match="geometry"):
         conv_mvm(jax.random.key(5), state, x, (3, 3))
+    batched = jax.tree.map(lambda a: jnp.stack([a, a]), state)
+    with pytest.raises(ValueError, match="extra leading axes.*jax.vmap"):
+        conv_mvm(jax.random.key(5), batched, x, geom)
     with pytest.raises(ValueError, match="one row chunk per core"):
         conv_mvm(jax.random.key(5), state, x, ConvGeometry((3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), (1, 1), 10, ()))
     with pytest.raises(ValueError, match="not kind='reference'"):

@@ -34,6 +34,13 @@ def mvm(key, state: ChipState, x, activation: Activation | None = None):
     Returns:
       ``[cores, batch, cols]`` outputs in weight units: ``≈ x @ W`` per core.
     """
+    activation = _check_read(key, state, activation)
+    x = check_inputs(x, state.n_cores, state.rows)
+    return _mvm(key, state, x, activation)
+
+
+def _check_read(key, state, activation) -> Activation:
+    """The checks every MVM entry makes: key, one unbatched state; returns the activation."""
     check_instance("state", state, ChipState)
     check_key(key)
     if state.g_prog.ndim != 4:
@@ -41,10 +48,9 @@ def mvm(key, state: ChipState, x, activation: Activation | None = None):
             f"state has extra leading axes (conductances of shape {state.g_prog.shape}); "
             "use jax.vmap over chip instances."
         )
-    x = check_inputs(x, state.n_cores, state.rows)
     activation = state.cfg.activation if activation is None else activation
     check_choice("activation", activation, ACTIVATION_NAMES)
-    return _mvm(key, state, x, activation)
+    return activation
 
 
 def _mvm_impl(key, state: ChipState, x, activation: Activation, geometry: ConvGeometry | None = None):
@@ -75,8 +81,7 @@ def conv_mvm(key, state: ChipState, image, geometry: ConvGeometry, activation: A
     Returns:
       ``[cores, N · prod(output spatial), cols]`` outputs in weight units.
     """
-    check_instance("state", state, ChipState)
-    check_key(key)
+    activation = _check_read(key, state, activation)
     check_instance("geometry", geometry, ConvGeometry)
     image = check_finite_array(image, "image")
     n = len(geometry.kernel_size)
@@ -86,6 +91,4 @@ def conv_mvm(key, state: ChipState, image, geometry: ConvGeometry, activation: A
     if len(geometry.row_chunks) != state.n_cores:
         raise ValueError(f"a convolution read needs one row chunk per core; got {len(geometry.row_chunks)} chunks "
                          f"for {state.n_cores} cores.")
-    activation = state.cfg.activation if activation is None else activation
-    check_choice("activation", activation, ACTIVATION_NAMES)
     return _mvm(key, state, image, activation, geometry)

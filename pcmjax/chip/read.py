@@ -92,11 +92,11 @@ def make_read(cfg: ChipConfig, kind: ReadKind | None = None, contract=None) -> R
 
     def four_phase(key, x, w, var, adc):
         q = pwm_encode(x, cfg.pwm)
-        if contract is not None:  # an image: its two signs stacked first
-            c4 = convert(key, contract, jnp.stack([jnp.maximum(q, 0.0), jnp.maximum(-q, 0.0)]), w, var, adc)
-            return _combine_phases(c4)
-        qs = jnp.stack([jnp.maximum(q, 0.0), jnp.maximum(-q, 0.0)], axis=1)  # [C, 2, B, R]
-        c4 = convert(key, "cpbr,cqrk->cpqbk", qs, w, var, adc)
+        parts = [jnp.maximum(q, 0.0), jnp.maximum(-q, 0.0)]  # the input's two signs
+        if contract is not None:  # an image: its signs stacked first
+            c4 = convert(key, contract, jnp.stack(parts), w, var, adc)
+        else:  # [C, 2, B, R]
+            c4 = convert(key, "cpbr,cqrk->cpqbk", jnp.stack(parts, axis=1), w, var, adc)
         return _combine_phases(c4)
 
     def reference(key, x, w, var, adc):
