@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import pcmjax as pj
+from pcmjax import _random
 from pcmjax.chip import compact
 
 CFG = pj.ChipConfig(n_cores=2, rows=32, cols=32)
@@ -69,6 +70,22 @@ def test_whole_core_tiles_draw_like_no_tiles():
     y_full, state = _outputs(CFG, key, full)
     assert state.groups == ((0, 2, 32, 32),)
     np.testing.assert_array_equal(np.asarray(y_full), np.asarray(y_none))
+
+
+def test_every_used_device_is_written_in_one_flat_draw():
+    # The documented order: the groups' blocks in core order, one normal per device from
+    # the programming key (the first of program_chip's four), whatever the group count.
+    cfg = CFG.only("programming_noise").replace(drift_compensation="none")
+    device = pj.devices.HermesPCM(num_devices=2)
+    key = jax.random.key(5)
+    state = pj.program_chip(key, _weights(), cfg, device, tiles=TILES)
+    blocks = [compact.block(state.g_target, grp) for grp in state.groups]
+    flat = jnp.concatenate([b.reshape(-1) for b in blocks])
+    k_prog = jax.random.split(key, 4)[0]
+    expected = device.program_from_normal(flat, _random.normal(k_prog, flat.shape))
+    got = jnp.concatenate([compact.block(state.g_prog, grp).reshape(-1) for grp in state.groups])
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+    assert float(jnp.std(got - flat)) > 0.0  # the noise is on
 
 
 def test_error_statistics_match_the_padded_core():

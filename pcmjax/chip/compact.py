@@ -15,12 +15,14 @@ compensation reference already reads only the mapped lines. What differs:
 * devices outside the block are not simulated: their conductances read 0 (a padded core
   holds RESET devices there, with the small conductance of a programmed zero), so an
   input driven on an unused row through :func:`pcmjax.mvm` sees no leakage;
-* the random numbers: each group is programmed over its own block (the key folded with
-  the group's index when there are several groups), and ageing draws over every used
-  device at once (one flat array: ageing is elementwise). The statistics are those of
-  the padded core; the individual draws are not (tests/test_compact.py checks both:
-  equal results without noise, equal error statistics with it). A chip whose blocks are
-  all whole cores is one group and draws exactly as without ``tiles``;
+* the random numbers: programming and ageing draw over every used device at once (one
+  flat array, groups in core order: both are elementwise), and what works on a group's
+  block as a whole (gradient-based programming targets, dead columns, the compensation
+  reference read) folds the group's index into its key when there are several groups.
+  The statistics are those of the padded core; the individual draws are not
+  (tests/test_compact.py checks both: equal results without noise, equal error
+  statistics with it). A chip whose blocks are all whole cores is one group and draws
+  exactly as without ``tiles``;
 * wire resistance (``cfg.parasitics``): the unused part of the array still loads the
   lines, so with parasitics on the whole cores are simulated (``tiles`` is ignored).
 
@@ -95,6 +97,21 @@ def block_columns(a, group: Group):
     """The group's part of a per-column array ``[C, K]``: ``[n, cols]``."""
     s, n, _, k = group
     return a[s:s + n, :k]
+
+
+def flatten(blocks) -> jax.Array:
+    """Every element of the per-group ``blocks`` in one flat array (for elementwise work:
+    one fused computation, traced and compiled once, instead of one per group)."""
+    return blocks[0].reshape(-1) if len(blocks) == 1 else jnp.concatenate([b.reshape(-1) for b in blocks])
+
+
+def unflatten(flat, blocks) -> list:
+    """:func:`flatten` undone: ``flat`` cut into arrays of the shapes of ``blocks``."""
+    out, start = [], 0
+    for b in blocks:
+        out.append(flat[start:start + b.size].reshape(b.shape))
+        start += b.size
+    return out
 
 
 def unblock(parts, rows: int, cols: int):

@@ -203,19 +203,26 @@ def program_chip(key, weights, cfg: ChipConfig | None = None, device: DeviceMode
     return _program(key, weights, device, cfg, compact.check_tiles(tiles, weights.shape))
 
 
-def _program_devices(key, k_prog, k_nu, g_target, device, cfg):
-    """The programming stage: ``(g_target, g_prog, nu)`` of every device (faults included).
+def _program_devices(key, k_prog, k_nu, targets, groups, device, cfg):
+    """The programming stage of every group: ``(g_target, g_prog, nu)``, one list of blocks each
+    (faults included).
 
-    ``key`` is ``program_chip``'s: the optional effects fold their own named stream into it
-    (:mod:`pcmjax._streams`), so switching one on changes no other random number.
+    Writing and drift exponents are elementwise: every used device is drawn in one flat
+    array (:func:`compact.flatten`). ``key`` is ``program_chip``'s: the optional effects fold
+    their own named stream into it (:mod:`pcmjax._streams`), and the group's index when
+    there are several groups, so switching one on changes no other random number.
     """
     if cfg.program.method == "gdp":  # targets chosen to minimise the MVM error
-        g_target = optimise_targets(jax.random.fold_in(key, _streams.GDP), g_target, device, cfg)
-    g_prog = program_conductances(k_prog, g_target, device, cfg)
-    nu = drift_exponents(k_nu, g_target, device, cfg)
+        targets = [optimise_targets(jax.random.fold_in(compact.group_key(key, j, groups), _streams.GDP), b, device, cfg)
+                   for j, b in enumerate(targets)]
+    flat = compact.flatten(targets)
+    g_prog = compact.unflatten(program_conductances(k_prog, flat, device, cfg), targets)
+    nu = compact.unflatten(drift_exponents(k_nu, flat, device, cfg), targets)
     if cfg.faults.enabled:  # stuck devices and dead columns (off by default)
-        g_prog, nu = program_faults(jax.random.fold_in(key, _streams.FAULTS), g_prog, nu, device, cfg)
-    return g_target, g_prog, nu
+        faulty = [program_faults(jax.random.fold_in(compact.group_key(key, j, groups), _streams.FAULTS), g, n,
+                                 device, cfg) for j, (g, n) in enumerate(zip(g_prog, nu))]
+        g_prog, nu = [f[0] for f in faulty], [f[1] for f in faulty]
+    return targets, g_prog, nu
 
 
 @partial(jax.jit, static_argnames=("cfg", "tiles"))
@@ -229,9 +236,9 @@ def _program(key, weights, device, cfg, tiles=None):
     n_cores, rows, cols = weights.shape
     groups = compact.core_groups(None if parasitics.enabled(cfg) else tiles, n_cores, rows, cols)
     with jax.named_scope("program"):
-        parts = [_program_devices(*(compact.group_key(k, j, groups) for k in (key, k_prog, k_nu)),
-                                  compact.block(g_target, grp), device, cfg) for j, grp in enumerate(groups)]
-        g_target, g_prog, nu = (compact.unblock([p[i] for p in parts], rows, cols) for i in range(3))
+        parts = _program_devices(key, k_prog, k_nu, [compact.block(g_target, grp) for grp in groups], groups,
+                                 device, cfg)
+        g_target, g_prog, nu = (compact.unblock(p, rows, cols) for p in parts)
     with jax.named_scope("calibrate"):
         adc = sample_adc_mismatch(k_adc, cfg.adc, (n_cores, cols))
         gamma, beta = calibrate(w_max[:, 0, :], adc["gain_est"], adc["offset_est"],
@@ -265,14 +272,9 @@ def _aged(key, state: ChipState, t, **kw):
         return [(groups[0], g, var, blocks[0][2])]
     # Several groups: ageing is elementwise (no wire resistance here), so every used device
     # is aged in one flat array: one fused computation, traced and compiled once.
-    flat = [jnp.concatenate([b[i].reshape(-1) for b in blocks]) for i in range(3)]
-    g, var = age(key, *flat, state.device, state.cfg, t, **kw)
-    out, start = [], 0
-    for grp, (_, _, g_target) in zip(groups, blocks):
-        stop = start + g_target.size
-        out.append((grp, g[start:stop].reshape(g_target.shape), var[start:stop].reshape(g_target.shape), g_target))
-        start = stop
-    return out
+    targets = [b[2] for b in blocks]
+    g, var = age(key, *(compact.flatten([b[i] for b in blocks]) for i in range(3)), state.device, state.cfg, t, **kw)
+    return list(zip(groups, compact.unflatten(g, targets), compact.unflatten(var, targets), targets))
 
 
 def _group_adc(state: ChipState, grp) -> dict:
