@@ -21,6 +21,8 @@ regulator, so in the linear range it is a constant that the digital unit's β re
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -40,8 +42,11 @@ def sample_adc_mismatch(key, cfg: ADCConfig, shape):
       dict with ``gain`` (1 + δ), ``offset`` (counts), ``nonlin`` (b ≥ 0) and the
       calibration estimates ``gain_est``, ``offset_est``.
     """
-    k = jax.random.split(key, 5)
-    n = lambda i: jax.random.normal(k[i], shape, jnp.float32)  # noqa: E731
+    # One normal draw per split key, as five separate draws give, but vmapped: one
+    # generator in the compiled program instead of five.
+    size = math.prod(shape)
+    z = jax.vmap(lambda k: jax.random.normal(k, (size,), jnp.float32))(jax.random.split(key, 5))
+    n = lambda i: z[i].reshape(shape)  # noqa: E731
     gain = 1.0 + cfg.gain_std * n(0)
     offset = cfg.offset_std * n(1)
     nonlin = jnp.maximum(cfg.nonlinearity + cfg.nonlinearity_std * n(2), 0.0)
