@@ -109,8 +109,12 @@ def test_readout_refit_lowers_the_output_divergence_after_a_year(aged):
     dep, x = aged
     held_out = jax.random.uniform(jax.random.key(8), (256, 20), minval=-1, maxval=1)
     ref = dep.reference(held_out)
-    layers_only = pnn.calibrate(dep, jax.random.key(6), x, steps=60, learning_rate=2e-2, batch_size=32)
-    both = pnn.calibrate(dep, jax.random.key(6), x, steps=60, learning_rate=2e-2, batch_size=32, readout_steps=200)
+    # A brief layer calibration (5 steps) leaves a per-column output error for the refit to
+    # remove: over chip instances 0-3 of this setup the refit lowered the held-out divergence
+    # by 2-30 %. After a full one (60 steps) what is left on this small network is read noise,
+    # which no per-column affine removes: the refit then moved it by about ±1 % either way.
+    layers_only = pnn.calibrate(dep, jax.random.key(6), x, steps=5, learning_rate=2e-2, batch_size=32)
+    both = pnn.calibrate(dep, jax.random.key(6), x, steps=5, learning_rate=2e-2, batch_size=32, readout_steps=200)
     kl_layers = _kl(ref, layers_only(jax.random.key(9), held_out))
     kl_both = _kl(ref, both(jax.random.key(9), held_out))
     assert kl_both < kl_layers, (kl_both, kl_layers)

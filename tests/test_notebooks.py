@@ -31,6 +31,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 kernelspec = pytest.importorskip("jupyter_client.kernelspec")
+KernelManager = pytest.importorskip("jupyter_client.manager").KernelManager
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -107,11 +108,14 @@ def test_notebook_stored_without_outputs(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_within_budget(path, kernel_name):
+def test_notebook_runs_within_budget(path, kernel_name, tmp_path):
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(_CPU_PROBE))
+    # The kernel talks over IPC sockets in this test's own folder: with TCP, kernels started
+    # by two workers at once can pick the same free port, and one of them dies at start-up.
+    km = KernelManager(kernel_name=kernel_name, transport="ipc", connection_file=str(tmp_path / "kernel.json"))
     client = nbclient.NotebookClient(
-        nb, kernel_name=kernel_name, timeout=600, allow_errors=False,
+        nb, km=km, kernel_name=kernel_name, timeout=600, allow_errors=False,
         resources={"metadata": {"path": str(path.parent)}},
     )
     start = time.perf_counter()
