@@ -641,4 +641,6 @@ def test_no_histograms_compile_no_histogram_branch():
     without = mc.run_study(st, None, quiet=True, histogram_instances=0)
     with_hist = mc.run_study(st, None, quiet=True, histogram_instances=2)
     assert without.histograms is None and with_hist.histograms["instances"] == 2
-    assert np.array_equal(without.values, with_hist.values)
+    # The histogram branch only reads the instances' conductances, but XLA may fuse the two
+    # programs differently: equal up to float32 rounding (a few units in the last place).
+    np.testing.assert_allclose(without.values, with_hist.values, rtol=4 * np.finfo(np.float32).eps, atol=0)
