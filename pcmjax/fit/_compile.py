@@ -10,11 +10,15 @@ import numpy as np
 class FastJit:
     """``jax.jit`` with ahead-of-time compilation at XLA's lowest backend optimisation
     level: the fitting code calls these functions a few hundred times per fit, so
-    compiling them quickly matters more than the last bit of run time (from ``LARGE``
-    elements on, full optimisation). Compiled code is cached per argument structure,
-    shapes, dtypes and the values of the static keyword arguments."""
+    compiling them quickly matters more than the last bit of run time. From ``LARGE``
+    elements on, run time matters more: those compile with XLA's full optimisation and its
+    default (MLIR) fusion emitters, named explicitly so that fast-compile ``XLA_FLAGS`` set
+    for a whole process (as the test suite does) do not slow the fit's heavy functions
+    down. Compiled code is cached per argument structure, shapes, dtypes and the values of
+    the static keyword arguments."""
 
     OPTIONS = {"xla_backend_optimization_level": 0}
+    LARGE_OPTIONS = {"xla_backend_optimization_level": 3, "xla_cpu_use_fusion_emitters": True}
     LARGE = 50_000
 
     def __init__(self, fn, static_argnames=()):
@@ -30,7 +34,7 @@ class FastJit:
             lowered = self.fn.lower(*args, **static)
             large = max((int(np.prod(np.shape(x))) for x in leaves), default=0) >= self.LARGE
             try:
-                compiled = lowered.compile(compiler_options={} if large else self.OPTIONS)
+                compiled = lowered.compile(compiler_options=self.LARGE_OPTIONS if large else self.OPTIONS)
             except Exception:  # pragma: no cover - option unknown to this XLA
                 compiled = lowered.compile()
             self.cache[key] = compiled
