@@ -13,9 +13,6 @@ import os
 import shutil
 import tempfile
 
-import pytest
-
-_USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false")
 # The exact crossbar solve calls LAPACK from XLA's thread pool; OpenBLAS's own threads then
 # compete with XLA's (10-20x slower on 2 cores). One OpenBLAS thread, as the benchmarks use.
@@ -31,19 +28,6 @@ if "PCMJAX_CACHE" not in os.environ:
     _SESSION_CACHE = os.environ["PCMJAX_CACHE"] = tempfile.mkdtemp(prefix="pcmjax-tests-")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.environ["PCMJAX_CACHE"], "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-
-
-@pytest.fixture(scope="session")
-def user_environ() -> dict:
-    """The environment of a user's own process: XLA's flags as the user set them (not the
-    fast-compile flags above), with the session's caches. For tests that run something as a
-    user would and check its time (the notebooks, which choose their own XLA flags)."""
-    env = dict(os.environ)
-    if _USER_XLA_FLAGS is None:
-        env.pop("XLA_FLAGS", None)
-    else:
-        env["XLA_FLAGS"] = _USER_XLA_FLAGS
-    return env
 
 
 def pytest_unconfigure(config):
