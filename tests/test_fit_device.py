@@ -21,6 +21,7 @@ import pytest
 import pcmjax as pj
 from pcmjax.devices import Flexible, HermesPCM, PCMLike, StateIndependent, load, save
 from pcmjax.fit import _params, cli_main, fit_device_model, simulate_measurements
+from pcmjax.fit._compile import FastJit, _accepted, _jit
 
 # The fit pads the devices to a power of two (compiled code is shared across fits): counts
 # at or just below one waste nothing.
@@ -176,3 +177,20 @@ def test_package_cli_dispatches_fit(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("device_id,g_target_uS,t_s,g_uS\na,1,0,-1\na,1,5,1\n")
     assert cli.main(["fit", str(tmp_path / "bad.csv"), "--family", "hermes"]) == 2
     assert "row 1, column g_uS" in capsys.readouterr().err
+
+
+def test_fast_jit_options_and_their_fallback():
+    """The fitting's compiled functions take XLA options this JAX accepts; an option this XLA
+    does not know (as older ones lack the fusion-emitter switch) falls back to a plain jit
+    with the same values, small and large arguments alike."""
+    assert _accepted(tuple(sorted(FastJit.OPTIONS.items())))
+    assert not _accepted((("xla_no_such_option", 1),))
+    def f(x, *, k):
+        return jnp.sum(x * k)
+
+    unknown = _jit(f, ("k",), {"xla_no_such_option": 1})
+    fast = FastJit(f, static_argnames=("k",))
+    for n in (10, FastJit.LARGE):
+        x = np.arange(n, dtype=np.float32) % 7
+        expected = 3.0 * float(np.sum(x, dtype=np.float64))  # integers: exact in float32 sums
+        assert float(fast(x, k=3.0)) == expected == float(unknown(x, k=3.0))
